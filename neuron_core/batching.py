@@ -1,0 +1,171 @@
+"""Tokenising texts into padded batches, with the facts needed to strip padding again.
+
+Usage::
+
+    segments = encode_texts(tokenizer, ["a text", "another"], context_length=1024, overflow="error")
+    for batch in make_batches(segments, batch_size=8, pad_id=0, padding_side="right"):
+        model(**batch.model_kwargs(model))
+
+Each :class:`Segment` is one document or, with ``overflow="window"``, one window of a long document; its tokens
+keep their position inside the document (``start`` + index). Padding is stripped later with ``batch.mask``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from neuron_core.errors import EmptyInputError, InputError, TextTooLongError
+
+__all__ = ["Segment", "Batch", "Overflow", "encode_texts", "encode_one", "make_batches", "pad_token_id"]
+
+Overflow = Literal["error", "truncate", "window"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Token ids of one document (or one window of it). ``start`` is the position of ``ids[0]`` in the document."""
+
+    doc_id: int
+    start: int
+    ids: tuple[int, ...]
+    truncated: bool = False
+
+
+@dataclass
+class Batch:
+    """A padded batch. Shapes: input_ids, attention_mask, position_ids [B, T]; doc_ids, starts [B]."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    doc_ids: torch.Tensor
+    starts: torch.Tensor
+    padding_side: str
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.attention_mask.bool()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                     self.doc_ids.to(device), self.starts.to(device), self.padding_side)
+
+    def token_doc_pos(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Document id and in-document position of every real token, in row-major order: two [n_tokens] tensors."""
+        mask = self.mask
+        doc = self.doc_ids[:, None].expand_as(mask)[mask]  # [n_tokens]
+        pos = (self.starts[:, None] + self.position_ids)[mask]  # [n_tokens]
+        return doc, pos
+
+    def model_kwargs(self, model: nn.Module) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        params = _forward_params(type(model))
+        if "position_ids" in params:
+            kwargs["position_ids"] = self.position_ids
+        if "use_cache" in params:
+            kwargs["use_cache"] = False
+        return kwargs
+
+
+@lru_cache(maxsize=64)
+def _forward_params(cls: type) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(cls.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def encode_one(tokenizer: Any, text: str, doc_id: int, *, context_length: int | None,
+               overflow: Overflow = "error") -> list[Segment]:
+    if not isinstance(text, str):
+        raise InputError(f"document {doc_id} is a {type(text).__name__}, not a string")
+    if not text.strip():
+        raise EmptyInputError(f"document {doc_id} is empty")
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids:
+        raise EmptyInputError(f"document {doc_id} has no tokens")
+    limit = context_length
+    if limit is None or len(ids) <= limit:
+        return [Segment(doc_id, 0, tuple(ids))]
+    if overflow == "error":
+        raise TextTooLongError(
+            f"document {doc_id} has {len(ids)} tokens, longer than the model's context of {limit} tokens; "
+            "pass overflow='truncate' (keep the first tokens) or overflow='window' (split into windows)"
+        )
+    if overflow == "truncate":
+        return [Segment(doc_id, 0, tuple(ids[:limit]), truncated=True)]
+    if overflow == "window":
+        return [Segment(doc_id, s, tuple(ids[s:s + limit]), truncated=True) for s in range(0, len(ids), limit)]
+    raise InputError(f"overflow must be 'error', 'truncate' or 'window', not {overflow!r}")
+
+
+def encode_texts(tokenizer: Any, texts: str | Sequence[str], *, context_length: int | None,
+                 overflow: Overflow = "error", max_length: int | None = None) -> list[Segment]:
+    """Tokenise every text before any model work, so bad input fails fast."""
+    if tokenizer is None:
+        raise InputError("this model has no tokenizer; pass token-id tensors instead of text, or give a tokenizer")
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise EmptyInputError("no texts given")
+    if max_length is not None:
+        if max_length < 1:
+            raise InputError(f"max_length must be >= 1, got {max_length}")
+        context_length = min(max_length, context_length) if context_length else max_length
+    segments: list[Segment] = []
+    for doc_id, text in enumerate(texts):
+        segments.extend(encode_one(tokenizer, text, doc_id, context_length=context_length, overflow=overflow))
+    return segments
+
+
+def make_batches(segments: Iterable[Segment], *, batch_size: int, pad_id: int,
+                 padding_side: Literal["left", "right"] = "right") -> Iterator[Batch]:
+    """Group segments in order into padded batches of at most ``batch_size`` rows."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    chunk: list[Segment] = []
+    for segment in segments:
+        chunk.append(segment)
+        if len(chunk) == batch_size:
+            yield _collate(chunk, pad_id, padding_side)
+            chunk = []
+    if chunk:
+        yield _collate(chunk, pad_id, padding_side)
+
+
+def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:
+    width = max(len(s.ids) for s in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)  # [B, T]
+    for row, seg in enumerate(chunk):
+        n = len(seg.ids)
+        cols = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        ids[row, cols] = torch.tensor(seg.ids, dtype=torch.long)
+        mask[row, cols] = 1
+    # Positions count real tokens only, so left padding does not shift them: [B, T]
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    doc_ids = torch.tensor([s.doc_id for s in chunk], dtype=torch.long)
+    starts = torch.tensor([s.start for s in chunk], dtype=torch.long)
+    return Batch(ids, mask, positions, doc_ids, starts, padding_side)
