@@ -36,6 +36,7 @@ class Segment:
     start: int
     ids: tuple[int, ...]
     truncated: bool = False
+    final: bool = True  # the last segment of its document
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Batch:
     doc_ids: torch.Tensor
     starts: torch.Tensor
     padding_side: str
+    ends_doc: bool = True  # the last row is the last segment of its document (safe point to checkpoint)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -59,7 +61,7 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                     self.doc_ids.to(device), self.starts.to(device), self.padding_side)
+                     self.doc_ids.to(device), self.starts.to(device), self.padding_side, self.ends_doc)
 
     def token_doc_pos(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Document id and in-document position of every real token, in row-major order: two [n_tokens] tensors."""
@@ -114,7 +116,8 @@ def encode_one(tokenizer: Any, text: str, doc_id: int, *, context_length: int | 
     if overflow == "truncate":
         return [Segment(doc_id, 0, tuple(ids[:limit]), truncated=True)]
     if overflow == "window":
-        return [Segment(doc_id, s, tuple(ids[s:s + limit]), truncated=True) for s in range(0, len(ids), limit)]
+        starts = range(0, len(ids), limit)
+        return [Segment(doc_id, s, tuple(ids[s:s + limit]), truncated=True, final=s == starts[-1]) for s in starts]
     raise InputError(f"overflow must be 'error', 'truncate' or 'window', not {overflow!r}")
 
 
@@ -168,4 +171,4 @@ def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     doc_ids = torch.tensor([s.doc_id for s in chunk], dtype=torch.long)
     starts = torch.tensor([s.start for s in chunk], dtype=torch.long)
-    return Batch(ids, mask, positions, doc_ids, starts, padding_side)
+    return Batch(ids, mask, positions, doc_ids, starts, padding_side, chunk[-1].final)
