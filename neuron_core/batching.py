@@ -96,6 +96,11 @@ def pad_token_id(tokenizer: Any) -> int:
     return 0
 
 
+def check_overflow(overflow: str) -> None:
+    if overflow not in ("error", "truncate", "window"):
+        raise InputError(f"overflow must be 'error', 'truncate' or 'window', not {overflow!r}")
+
+
 def encode_one(tokenizer: Any, text: str, doc_id: int, *, context_length: int | None,
                overflow: Overflow = "error") -> list[Segment]:
     if not isinstance(text, str):
@@ -124,6 +129,7 @@ def encode_one(tokenizer: Any, text: str, doc_id: int, *, context_length: int | 
 def encode_texts(tokenizer: Any, texts: str | Sequence[str], *, context_length: int | None,
                  overflow: Overflow = "error", max_length: int | None = None) -> list[Segment]:
     """Tokenise every text before any model work, so bad input fails fast."""
+    check_overflow(overflow)
     if tokenizer is None:
         raise InputError("this model has no tokenizer; pass token-id tensors instead of text, or give a tokenizer")
     if isinstance(texts, str):

@@ -195,29 +195,39 @@ def _not_available(name: str, reason: str) -> ModelNotAvailableError:
     )
 
 
-def _gguf_cached_folder(gguf: Path) -> tuple[Path, str]:
-    """Convert a GGUF file once into a safetensors folder in the cache; atomic; keyed by the file's SHA-256."""
+def _convert_gguf(gguf: Path, out: Path, sha: str) -> None:
+    """Dequantise a GGUF file into a transformers folder (safetensors weights, config, tokenizer)."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses GGUF-loaded models; the dequantised weights are plain tensors, so save those.
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(out)
+    save_model(model, str(out / "model.safetensors"), metadata={"format": "pt", "source_sha256": sha})
+    tokenizer.save_pretrained(out)
+
+
+def _gguf_cached_folder(gguf: Path, convert: Any = None) -> tuple[Path, str]:
+    """Convert a GGUF file once into a safetensors folder in the cache, keyed by the file's SHA-256.
+
+    The folder is built under a temporary name and renamed into place only when complete, so a crash never leaves
+    a half-written cache that a later load would use; a changed source file has another hash, hence another folder.
+    """
     sha = _file_sha256(gguf)
     target = cache_dir() / "gguf" / f"{gguf.stem}-{sha[:16]}"
     if (target / ".complete").exists():
         return target, sha
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    if target.exists():  # an incomplete folder from an older, interrupted layout: never use it
+        shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # save_pretrained refuses GGUF-loaded models; the dequantised weights are plain tensors, so save those.
-        from safetensors.torch import save_model
-
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            delattr(config, "quantization_config")
-        config.architectures = [type(model).__name__]
-        config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "source_sha256": sha})
-        tokenizer.save_pretrained(tmp)
+        (convert or _convert_gguf)(gguf, tmp, sha)
         (tmp / ".complete").write_text(sha)
         try:
             os.rename(tmp, target)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from neuron_core.batching import Batch, Overflow, Segment, encode_one, make_batches, pad_token_id
+from neuron_core.batching import Batch, Overflow, Segment, check_overflow, encode_one, make_batches, pad_token_id
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
@@ -349,6 +349,7 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
         raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
     if doc_offset < 0:
         raise InputError("doc_offset must be >= 0")
+    check_overflow(overflow)
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
     corp = load_corpus(corpus)

@@ -203,9 +203,15 @@ class SiteResolver:
         if self._read == "input":
             shape = _linear_shape(self._modules[block + self._mlp_rel])
             return shape[0] if shape else None
-        # output of an activation/intermediate module: the width of the up projection feeding it
-        widths = [s[1] for n, m in self._modules.items() if n.startswith(block) and (s := _linear_shape(m))]
-        return max(widths) if widths else None
+        # Output of an activation/intermediate module: the width of the up projection feeding it, looked for
+        # inside the module itself (BERT's intermediate), else beside it (GPT-2's mlp.c_fc next to mlp.act).
+        own = block + self._mlp_rel
+        parent = own.rsplit(".", 1)[0] if "." in self._mlp_rel else own
+        for scope in (own + ".", parent + "."):
+            widths = [s[1] for n, m in self._modules.items() if n.startswith(scope) and (s := _linear_shape(m))]
+            if widths:
+                return max(widths)
+        return None
 
     def canonical_names(self) -> list[str]:
         return [canonical_site_name(i) for i in range(self.n_layers)]

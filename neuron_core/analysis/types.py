@@ -1,0 +1,61 @@
+"""Typed results of the analyses (pydantic, so they export to JSON for findings and tools)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ModeExample", "Mode", "PolysemanticNeuron"]
+
+
+class ModeExample(BaseModel):
+    """One context that activates a neuron, as shown to people."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(description="the context with the activating token marked as [[token]]")
+    token: str
+    value: float = Field(description="the neuron's activation on the token")
+    doc_id: int
+    position: int
+
+
+class Mode(BaseModel):
+    """One cluster of a neuron's strongly activating contexts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str = Field(description="a short name: the best matching probe concept, else the top tokens")
+    share: float = Field(ge=0.0, le=1.0, description="share of the neuron's activation mass in this mode")
+    n_examples: int
+    top_tokens: list[str] = Field(default_factory=list)
+    probe_concept: str | None = Field(default=None, description="best matching probe concept, if any matched")
+    probe_similarity: float | None = Field(default=None, description="cosine similarity to that concept's centroid")
+    examples: list[ModeExample] = Field(default_factory=list)
+    effect: float | None = Field(
+        default=None, description="mean increase of the model's loss on this mode's contexts when the neuron is "
+        "zero-ablated (nats per token); None when not measured")
+
+
+class PolysemanticNeuron(BaseModel):
+    """The verdict on one neuron."""
+
+    model_config = ConfigDict(frozen=True)
+
+    site: str
+    neuron: int
+    score: float = Field(ge=0.0, le=1.0, description="polysemanticity score: 0 = one mode, 1 = several distinct, "
+                         "balanced, far-apart modes")
+    p_value: float = Field(ge=0.0, le=1.0, description="share of random context sets scoring at least as high")
+    z_score: float
+    n_modes: int
+    separation: float = Field(description="mean cosine distance between the modes' centroids")
+    modes: list[Mode]
+    summary: str
+
+    @property
+    def ref(self) -> str:
+        """Neuron id for people: L6/N1234 (site name when the site is not a canonical block)."""
+        import re
+
+        m = re.match(r"^blocks\.(\d+)\.mlp\.hook_post$", self.site)
+        return f"L{m.group(1)}/N{self.neuron}" if m else f"{self.site}/N{self.neuron}"

@@ -1,0 +1,213 @@
+"""Streaming profiles over a model: equal to a full capture, mergeable, resumable, bounded in memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_core import (
+    ActivationMonitor,
+    CorpusError,
+    EmptyInputError,
+    InputError,
+    NeuronProfile,
+    ProfileMismatchError,
+    profile,
+)
+from neuron_core.corpus import Corpus
+
+KW = dict(top_k=6, bottom_k=3, n_samples=5, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def docs(builtin_texts):
+    return builtin_texts[:320]
+
+
+@pytest.fixture(scope="module")
+def full(tiny_gpt2, docs):
+    return profile(tiny_gpt2, None, docs, **KW)
+
+
+def test_profile_equals_full_capture(tiny_gpt2, docs, full):
+    record = ActivationMonitor(tiny_gpt2).capture(docs, batch_size=16)
+    assert full.n_tokens == len(record) > 3000
+    for site in full.site_names:
+        x = record[site].double()
+        sp = full[site]
+        torch.testing.assert_close(sp.mean, x.mean(0), rtol=0, atol=1e-9)
+        torch.testing.assert_close(sp.var, x.var(0, unbiased=False), rtol=0, atol=1e-9)
+        torch.testing.assert_close(sp.max, x.max(0).values, rtol=0, atol=0)
+        torch.testing.assert_close(sp.frac_active, (x > 0).double().mean(0), rtol=0, atol=0)
+        top = torch.topk(record[site], 6, dim=0)
+        torch.testing.assert_close(sp.stats.top.values, top.values.T, rtol=0, atol=0)
+        # examples point at the right tokens: doc/position/token agree with the record
+        for neuron in (0, 17, 255):
+            # (ties between identical prefixes are legitimate, so look each example up by its doc and position)
+            for ex, expected in zip(sp.top_examples(neuron), top.values[:, neuron].tolist()):
+                i = int(((record.doc_ids == ex.doc_id) & (record.positions == ex.position)).nonzero())
+                assert record[site][i, neuron].item() == ex.value == expected
+                assert record.tokens[i] == ex.token == ex.context[ex.index] and ex.token in ex.text()
+                assert "".join(ex.context[: ex.index + 1]) == "".join(record.tokens[max(0, i - ex.index): i + 1])
+            for ex in sp.quantile_examples(neuron, n=4):
+                i = int(((record.doc_ids == ex.doc_id) & (record.positions == ex.position)).nonzero())
+                assert abs(record[site][i, neuron].item() - ex.value) < 1e-6 and ex.value > 0
+
+
+def test_merge_equals_joint(tiny_gpt2, docs, full):
+    a = profile(tiny_gpt2, None, docs[:160], **KW)
+    b = profile(tiny_gpt2, None, docs[160:], doc_offset=160, **KW)
+    merged = a.merge(b)
+    assert merged.n_tokens == full.n_tokens
+    for site in full.site_names:
+        m, f = merged[site].stats, full[site].stats
+        torch.testing.assert_close(m.mean, f.mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(m.var, f.var, rtol=0, atol=1e-12)
+        assert torch.equal(m.hist, f.hist) and torch.equal(m.top.values, f.top.values)
+        assert torch.equal(m.sample.doc, f.sample.doc) and torch.equal(m.sample.pos, f.sample.pos)
+    with pytest.raises(ProfileMismatchError, match="overlap"):
+        a.merge(a)
+
+
+def test_resume_equals_uninterrupted(tiny_gpt2, docs, full, tmp_path):
+    class Interrupting:
+        """The same documents, but Ctrl-C after 200 of them."""
+
+        def __iter__(self):
+            for i, text in enumerate(docs):
+                if i == 200:
+                    raise KeyboardInterrupt
+                yield text
+
+    interrupted = Corpus(name="list[320]", _iter_factory=lambda: iter(Interrupting()))
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        profile(tiny_gpt2, None, interrupted, checkpoint=ckpt, checkpoint_every=3, **KW)
+    saved = json.loads((ckpt / "profile.json").read_text())["meta"]
+    assert 0 < saved["next_doc"] <= 200 and not saved["complete"]
+    resumed = profile(tiny_gpt2, None, docs, checkpoint=ckpt, resume=True, **KW)
+    assert resumed.meta["complete"] and resumed.n_tokens == full.n_tokens
+    for site in full.site_names:
+        r, f = resumed[site].stats, full[site].stats
+        torch.testing.assert_close(r.mean, f.mean, rtol=0, atol=1e-12)
+        torch.testing.assert_close(r.var, f.var, rtol=0, atol=1e-12)
+        assert torch.equal(r.hist, f.hist) and torch.equal(r.top.values, f.top.values)
+        assert torch.equal(r.top.ctx, f.top.ctx) and torch.equal(r.sample.doc, f.sample.doc)
+    with pytest.raises(ProfileMismatchError, match="corpus"):
+        profile(tiny_gpt2, None, docs[::-1], checkpoint=ckpt, resume=True, **KW)
+    with pytest.raises(ProfileMismatchError, match="settings"):
+        profile(tiny_gpt2, None, docs, checkpoint=ckpt, resume=True, **{**KW, "top_k": 7})
+
+
+def test_save_load_roundtrip(full, tmp_path):
+    full.save(tmp_path / "p")
+    loaded = NeuronProfile.load(tmp_path / "p")
+    assert loaded.meta == json.loads(json.dumps(full.meta))
+    for site in full.site_names:
+        for key, value in full[site].stats.state_dict().items():
+            assert torch.equal(value, loaded[site].stats.state_dict()[key]), key
+        assert loaded[site].top_examples(3) == full[site].top_examples(3)
+    import pandas as pd
+
+    frame = pd.read_parquet(tmp_path / "p" / "examples.parquet")
+    assert set(frame["kind"]) == {"top", "bottom", "sample"} and "[[" in frame["context"].iloc[0]
+    with pytest.raises(InputError):
+        NeuronProfile.load(tmp_path / "missing")
+
+
+def test_max_tokens_exact_and_early_stop(tiny_gpt2, docs):
+    calls = []
+    handle = tiny_gpt2.module.transformer.h[2].register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        prof = profile(tiny_gpt2, ["layer 1"], docs, max_tokens=1000, **KW)
+    finally:
+        handle.remove()
+    assert prof.n_tokens == 1000 and int(prof["layer 1"].count[0]) == 1000
+    assert calls == [], "block 2 ran although only layer 1 was profiled"
+    assert prof.site_names == ["blocks.1.mlp.hook_post"]
+
+
+def test_bad_inputs_fail_before_work(tiny_gpt2, tmp_path):
+    with pytest.raises(InputError):
+        profile(tiny_gpt2, None, ["a"], batch_size=0)
+    with pytest.raises(InputError):
+        profile(tiny_gpt2, None, ["a"], max_tokens=0)
+    with pytest.raises(CorpusError):
+        profile(tiny_gpt2, None, str(tmp_path / "nope.txt"))
+    with pytest.raises(EmptyInputError):
+        profile(tiny_gpt2, None, [])
+    (tmp_path / "blank.txt").write_text("\n\n  \n")
+    with pytest.raises(EmptyInputError):
+        profile(tiny_gpt2, None, str(tmp_path / "blank.txt"))
+    with pytest.raises(InputError):
+        profile(tiny_gpt2, None, ["a"], resume=True)
+    with pytest.raises(InputError):
+        profile(tiny_gpt2, None, ["a"], overflow="squash")  # type: ignore[arg-type]
+
+
+def test_corpus_formats(tiny_gpt2, tmp_path):
+    texts = ["first line of text", "second line, longer than the first", "third"]
+    (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, t in enumerate(texts):
+        (folder / f"{i}.txt").write_text(t)
+    reference = profile(tiny_gpt2, ["mlp.0"], texts, **KW)
+    for spec in (tmp_path / "c.txt", str(tmp_path / "c.jsonl"), folder):
+        prof = profile(tiny_gpt2, ["mlp.0"], spec, **KW)
+        assert prof.n_tokens == reference.n_tokens
+        torch.testing.assert_close(prof["mlp.0"].mean, reference["mlp.0"].mean, rtol=0, atol=1e-6)
+    (tmp_path / "bad.jsonl").write_text('{"txt": "x"}\n')
+    with pytest.raises(CorpusError, match="text"):
+        profile(tiny_gpt2, ["mlp.0"], str(tmp_path / "bad.jsonl"))
+
+
+def test_windowed_long_documents(tiny_gpt2):
+    long_doc = " ".join(f"word{i}" for i in range(300))
+    prof = profile(tiny_gpt2, ["mlp.0"], [long_doc, "short"], overflow="window", **KW)
+    n_long = len(tiny_gpt2.tokenizer(long_doc)["input_ids"])
+    assert prof.n_tokens == n_long + len(tiny_gpt2.tokenizer("short")["input_ids"])
+    assert prof.meta["n_truncated_docs"] == 1
+    assert int(prof["mlp.0"].stats.top.pos.max()) > 128  # positions continue across windows
+
+
+def _peak_rss_child(n_docs: int) -> int:
+    code = textwrap.dedent(f"""
+        import resource, torch
+        from neuron_core import ModelInterface, profile, load_model
+        from neuron_core.corpus import builtin_corpus
+        from transformers import GPT2Config, GPT2LMHeadModel
+        tok = load_model("smollm2-135m").tokenizer
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=len(tok)))
+        docs = builtin_corpus().texts()
+        corpus = [docs[i % len(docs)] for i in range({n_docs})]
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        prof = profile(ModelInterface(model, tokenizer=tok), None, corpus, batch_size=32, top_k=16)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print("RSS", after - before, prof.n_tokens)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert "RSS" in out.stdout, out.stderr[-2000:]
+    grow, _ = out.stdout.split("RSS")[1].split()[:2]
+    return int(grow)
+
+
+def test_peak_memory_flat_with_10x_tokens():
+    small = _peak_rss_child(400)  # ~8k tokens
+    large = _peak_rss_child(4000)  # ~80k tokens
+    # ru_maxrss is in KiB on Linux; allow a small constant (allocator noise), not growth with tokens
+    assert large - small < 40 * 1024, f"peak RSS grew by {(large - small) / 1024:.1f} MiB with 10x tokens"
+
+
+def test_table(full):
+    table = full.table()
+    assert len(table) == 3 * 256 and {"site", "neuron", "mean", "frac_active"} <= set(table.columns)
+    assert np.isfinite(table["mean"]).all()

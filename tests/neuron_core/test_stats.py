@@ -1,0 +1,159 @@
+"""Streaming statistics against brute-force float64 computations on the same data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_core.errors import ProfileMismatchError
+from neuron_core.stats import SiteStats, StatsConfig, log_bin_edges, token_priority
+
+N = 48
+W = StatsConfig().context_width
+
+
+def _stream(seed: int, n_tokens: int, doc_start: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(n_tokens, N, generator=g) * torch.linspace(0.01, 30, N) + torch.linspace(-2, 2, N)
+    acts[:, 0] = 0.0  # a dead neuron
+    acts[:, 1] = 3.25  # a constant neuron
+    doc = torch.arange(n_tokens) // 10 + doc_start
+    pos = torch.arange(n_tokens) % 10
+    ctx = torch.randint(0, 1000, (n_tokens, W), generator=g, dtype=torch.int32)
+    return acts, doc, pos, ctx
+
+
+def _feed(stats, acts, doc, pos, ctx, sizes):
+    start = 0
+    for size in sizes:
+        stats.add(acts[start:start + size], doc[start:start + size], pos[start:start + size], ctx[start:start + size])
+        start += size
+    assert start == acts.shape[0]
+
+
+@pytest.fixture
+def data():
+    return _stream(0, 3000)
+
+
+def test_moments_match_float64(data):
+    acts, doc, pos, ctx = data
+    stats = SiteStats(N, config=StatsConfig(top_k=5, bottom_k=3, n_samples=7))
+    _feed(stats, acts, doc, pos, ctx, [1, 999, 17, 1500, 483])
+    x = acts.double().numpy()
+    np.testing.assert_allclose(stats.mean.numpy(), x.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.var.numpy(), x.var(0), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(stats.min.numpy(), x.min(0))
+    np.testing.assert_array_equal(stats.max.numpy(), x.max(0))
+    np.testing.assert_array_equal(stats.frac_active.numpy(), (x > 0).mean(0))
+    assert stats.var[1] == 0 and stats.frac_active[0] == 0  # constant and dead neurons: no NaN, no crash
+
+
+def test_topk_bottomk_match_brute_force(data):
+    acts, doc, pos, ctx = data
+    stats = SiteStats(N, config=StatsConfig(top_k=6, bottom_k=4, n_samples=5))
+    _feed(stats, acts, doc, pos, ctx, [64] * 46 + [56])
+    # neurons 2.. have continuous values (no ties)
+    top = torch.topk(acts, 6, dim=0)
+    np.testing.assert_array_equal(stats.top.values[2:].numpy(), top.values.T[2:].numpy())
+    idx = top.indices.T[2:]
+    assert torch.equal(stats.top.doc[2:], doc[idx]) and torch.equal(stats.top.pos[2:], pos[idx])
+    assert torch.equal(stats.top.ctx[2:], ctx[idx])
+    bottom = torch.topk(-acts, 4, dim=0)
+    np.testing.assert_array_equal(stats.bottom.values[2:].numpy(), (-bottom.values.T[2:]).numpy())
+
+
+def test_sample_is_batching_independent_and_exact(data):
+    acts, doc, pos, ctx = data
+    cfg = StatsConfig(top_k=3, bottom_k=0, n_samples=9)
+    a = SiteStats(N, config=cfg)
+    _feed(a, acts, doc, pos, ctx, [3000])
+    b = SiteStats(N, config=cfg)
+    _feed(b, acts, doc, pos, ctx, [7, 93, 900, 2000])
+    assert torch.equal(a.sample.doc, b.sample.doc) and torch.equal(a.sample.pos, b.sample.pos)
+    # brute force: among active tokens, the 9 with the smallest priority
+    prio = token_priority(doc, pos)
+    for n in (2, 10, 47):
+        active = torch.nonzero(acts[:, n] > 0).flatten()
+        chosen = active[torch.argsort(prio[active])[:9]]
+        assert set(zip(doc[chosen].tolist(), pos[chosen].tolist())) == set(
+            zip(a.sample.doc[n].tolist(), a.sample.pos[n].tolist()))
+        assert torch.all(a.sample.values[n] > 0)
+    assert torch.all(a.sample.doc[0] == -1)  # a dead neuron has no active samples
+
+
+def test_histogram_counts(data):
+    acts, doc, pos, ctx = data
+    stats = SiteStats(N, config=StatsConfig(top_k=2, bottom_k=0, n_samples=0))
+    _feed(stats, acts, doc, pos, ctx, [1000, 2000])
+    edges = stats.edges.numpy()
+    for n in (0, 1, 5, 47):
+        expected = np.bincount(np.searchsorted(edges, acts[:, n].numpy(), side="right"), minlength=stats.n_bins)
+        np.testing.assert_array_equal(stats.hist[n].numpy(), expected)
+    assert torch.all(stats.hist.sum(1) == 3000)
+    q = stats.quantiles([0.5])
+    assert q.shape == (N, 1)
+
+
+def test_log_bin_edges_symmetric():
+    edges = log_bin_edges(1e-3, 1e3, 4)
+    assert torch.all(edges[1:] > edges[:-1])
+    torch.testing.assert_close(edges, -edges.flip(0))
+
+
+def test_merge_equals_joint(data):
+    acts, doc, pos, ctx = data
+    cfg = StatsConfig(top_k=5, bottom_k=3, n_samples=6)
+    joint = SiteStats(N, config=cfg)
+    _feed(joint, acts, doc, pos, ctx, [500] * 6)
+    a, b = SiteStats(N, config=cfg), SiteStats(N, config=cfg)
+    _feed(a, acts[:1300], doc[:1300], pos[:1300], ctx[:1300], [650, 650])
+    _feed(b, acts[1300:], doc[1300:], pos[1300:], ctx[1300:], [1700])
+    a.merge(b)
+    torch.testing.assert_close(a.mean, joint.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.var, joint.var, rtol=1e-10, atol=1e-12)
+    for name in ("count", "min", "max", "n_active", "hist"):
+        assert torch.equal(getattr(a, name), getattr(joint, name)), name
+    for which in ("top", "bottom", "sample"):
+        ea, ej = getattr(a, which), getattr(joint, which)
+        assert torch.equal(ea.values[2:], ej.values[2:]) and torch.equal(ea.doc[2:], ej.doc[2:]), which
+        assert torch.equal(ea.ctx[2:], ej.ctx[2:])
+
+
+def test_state_roundtrip_and_mismatch(data):
+    acts, doc, pos, ctx = data
+    stats = SiteStats(N, config=StatsConfig(top_k=4))
+    _feed(stats, acts, doc, pos, ctx, [3000])
+    copy = SiteStats.from_state_dict(stats.state_dict("x"), stats.config_dict(), prefix="x")
+    for key, value in stats.state_dict().items():
+        assert torch.equal(value, copy.state_dict()[key]), key
+    with pytest.raises(ProfileMismatchError):
+        stats.merge(SiteStats(N, config=StatsConfig(top_k=5)))
+    with pytest.raises(ProfileMismatchError):
+        stats.add(torch.zeros(3, N + 1), doc[:3], pos[:3], ctx[:3])
+
+
+def test_nonfinite_counted_and_excluded(data):
+    acts, doc, pos, ctx = data
+    acts = acts.clone()
+    acts[5, 3] = math.nan
+    acts[9, 3] = math.inf
+    acts[11, 4] = -math.inf
+    stats = SiteStats(N, config=StatsConfig(top_k=4, bottom_k=2, n_samples=3))
+    _feed(stats, acts, doc, pos, ctx, [1000, 2000])
+    assert stats.n_nonfinite[3] == 2 and stats.n_nonfinite[4] == 1 and stats.n_nonfinite[5] == 0
+    clean = acts[:, 3][torch.isfinite(acts[:, 3])].double()
+    assert stats.count[3] == clean.numel()
+    torch.testing.assert_close(stats.mean[3], clean.mean(), rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(stats.max[3]) and torch.isfinite(stats.min[4])
+    assert torch.all(torch.isfinite(stats.top.values[3])) and stats.hist[3].sum() == clean.numel()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        StatsConfig(top_k=0)
+    with pytest.raises(ValueError):
+        StatsConfig(hist_lo=10, hist_hi=1)
