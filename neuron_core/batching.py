@@ -108,6 +108,13 @@ def encode_one(tokenizer: Any, text: str, doc_id: int, *, context_length: int | 
     if not text.strip():
         raise EmptyInputError(f"document {doc_id} is empty")
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    return split_ids(ids, doc_id, context_length=context_length, overflow=overflow)
+
+
+def split_ids(ids: Sequence[int], doc_id: int, *, context_length: int | None,
+              overflow: Overflow = "error") -> list[Segment]:
+    """Segments of an already tokenised document (see :func:`encode_one`)."""
+    ids = list(ids)
     if not ids:
         raise EmptyInputError(f"document {doc_id} has no tokens")
     limit = context_length

@@ -223,6 +223,11 @@ class ActivationMonitor:
                 sites: Sequence[str | int | Site] | None = None, stop_early: bool = True) -> ActivationRecord:
         """Run texts (or a tensor of inputs) through the model and keep every registered site's activations."""
         chosen = self._active_sites(sites)
+        if self.interface.framework == "tensorflow":  # keras backend
+            from neuron_core.keras_backend import capture_keras
+
+            return capture_keras(self.interface, texts, chosen, batch_size=batch_size, max_length=max_length,
+                                 overflow=overflow, padding_side=padding_side)
         if isinstance(texts, torch.Tensor):
             return self._capture_tensor(texts, chosen)
         interface = self.interface
@@ -296,6 +301,9 @@ class ActivationMonitor:
         The record is filled when the block exits. Padding is removed when the forward received an
         ``attention_mask``; token strings come from ``input_ids`` when the forward received them.
         """
+        if self.interface.framework == "tensorflow":  # keras backend
+            raise InputError("trace() reads PyTorch hooks and is not available for Keras models; "
+                             "use monitor.capture(inputs) instead")
         chosen = self._active_sites(sites)
         record = ActivationRecord({}, [], torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
                                   torch.empty(0, dtype=torch.long), model_name=self.interface.name,

@@ -87,7 +87,7 @@ class Corpus:
         for i, text in enumerate(self):
             if i >= n:
                 break
-            digest.update(text.encode("utf-8", "replace"))
+            digest.update((text if isinstance(text, str) else repr(list(text))).encode("utf-8", "replace"))
         return digest.hexdigest()[:16]
 
 
@@ -155,9 +155,10 @@ def load_corpus(spec: str | Path | Sequence[str] | Corpus, *, text_field: str = 
         docs = list(spec)
         if not docs:
             raise EmptyInputError("the corpus is empty")
-        bad = [i for i, d in enumerate(docs) if not isinstance(d, str)]
+        bad = [i for i, d in enumerate(docs) if not isinstance(d, str) and not _is_ids(d)]
         if bad:
-            raise CorpusError(f"corpus entries must be strings; entry {bad[0]} is {type(docs[bad[0]]).__name__}")
+            raise CorpusError(f"corpus entries must be strings (or lists of token ids); entry {bad[0]} is "
+                              f"{type(docs[bad[0]]).__name__}")
         return Corpus(name=f"list[{len(docs)}]", _docs=docs)
     if not isinstance(spec, (str, Path)):
         raise CorpusError(f"cannot read a corpus from a {type(spec).__name__}")
@@ -180,6 +181,12 @@ def load_corpus(spec: str | Path | Sequence[str] | Corpus, *, text_field: str = 
     if next(iter(corpus), None) is None:
         raise EmptyInputError(f"corpus {path} has no text")
     return corpus
+
+
+def _is_ids(value: object) -> bool:
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a 1-D tensor/array of token ids
+        return getattr(value, "ndim", 1) == 1 and "int" in str(value.dtype)
+    return isinstance(value, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
 
 
 def _hf_corpus(spec: str, text_field: str) -> Corpus:

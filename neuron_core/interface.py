@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuron_core.errors import FrameworkNotAvailableError, InputError
+from neuron_core.errors import InputError  # keras backend: FrameworkNotAvailableError is raised there
 from neuron_core.models import LoadedModel, load_model
 from neuron_core.sites import Site, SiteResolver
 
@@ -32,12 +32,11 @@ class ModelInterface:
         framework = framework.lower()
         if framework not in _FRAMEWORKS:
             raise InputError(f"framework must be one of {', '.join(_FRAMEWORKS)}, not {framework!r}")
-        if framework in ("tensorflow", "keras"):
-            raise FrameworkNotAvailableError(
-                "framework='tensorflow' is not supported by this version of neuron_core; "
-                "wrap a PyTorch model (framework='pytorch')"
-            )
-        if isinstance(model, LoadedModel):
+        if framework in ("tensorflow", "keras"):  # keras backend
+            from neuron_core.keras_backend import KerasModel  # FrameworkNotAvailableError without TensorFlow/Keras
+
+            self.loaded: LoadedModel = KerasModel(model, tokenizer, name=name)  # type: ignore[assignment]
+        elif isinstance(model, LoadedModel):  # keras backend: `if` became `elif`
             self.loaded = model
             if tokenizer is not None:
                 self.loaded.tokenizer = tokenizer
@@ -45,7 +44,7 @@ class ModelInterface:
             self.loaded = LoadedModel.from_module(model, tokenizer, name=name)
         else:
             raise InputError(f"framework='pytorch' needs a torch nn.Module, got {type(model).__name__}")
-        self.framework = "pytorch"
+        self.framework = "tensorflow" if framework in ("tensorflow", "keras") else "pytorch"  # keras backend
         self._vocab_cache: dict[int, str] = {}
 
     @classmethod
@@ -88,11 +87,15 @@ class ModelInterface:
 
     def layer_names(self) -> list[str]:
         """Canonical MLP site names, or (for networks without blocks of MLPs) every named submodule."""
+        if self.framework == "tensorflow":  # keras backend
+            return self.loaded.layer_names()  # type: ignore[attr-defined, no-any-return]
         if self.resolver.has_mlp_sites:
             return self.resolver.canonical_names()
         return [name for name, _ in self.module.named_modules() if name]
 
     def module_names(self) -> list[str]:
+        if self.framework == "tensorflow":  # keras backend
+            return self.loaded.module_names()  # type: ignore[attr-defined, no-any-return]
         return [name for name, _ in self.module.named_modules() if name]
 
     def resolve(self, name: str | int | Site) -> Site:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from neuron_core.batching import Batch, Overflow, Segment, check_overflow, encode_one, make_batches, pad_token_id
+from neuron_core.batching import Batch, Overflow, Segment, check_overflow, encode_one, make_batches, pad_token_id, split_ids
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
@@ -312,11 +312,18 @@ def _coerce_interface(model: ModelInterface | LoadedModel | Any) -> ModelInterfa
 def _segments(corpus: Corpus, start: int, tokenizer: Any, context: int | None, overflow: Overflow,
               seen: list[int]) -> Iterator[Segment]:
     for doc_id, text in corpus.iter_from(start):
-        if not isinstance(text, str) or not text.strip():
+        if isinstance(text, (list, tuple, torch.Tensor)):  # an already tokenised document
+            ids = text.tolist() if isinstance(text, torch.Tensor) else list(text)
+            if not ids:
+                seen[1] += 1
+                continue
+            segments = split_ids(ids, doc_id, context_length=context, overflow=overflow)
+        elif not isinstance(text, str) or not text.strip():
             seen[1] += 1  # skipped empty documents are counted, never silently lost
             continue
+        else:
+            segments = encode_one(tokenizer, text, doc_id, context_length=context, overflow=overflow)
         seen[0] = doc_id
-        segments = encode_one(tokenizer, text, doc_id, context_length=context, overflow=overflow)
         if segments[0].truncated:
             seen[2] += 1
         yield from segments

