@@ -34,6 +34,7 @@ from neuron_core.errors import (
     UnsupportedModelError,
 )
 from neuron_core.interface import ModelInterface
+from neuron_core.live import LiveMonitor, SiteSummary, StatsCallback, StatsSummary, StepActivations
 from neuron_core.models import LoadedModel, load_model
 from neuron_core.profile import Example, NeuronProfile, SiteProfile, profile
 from neuron_core.sites import Site, parse_neuron_ref
@@ -52,6 +53,7 @@ __all__ = [
     "Example",
     "FrameworkNotAvailableError",
     "InputError",
+    "LiveMonitor",
     "LoadedModel",
     "ModelInterface",
     "ModelNotAvailableError",
@@ -63,6 +65,10 @@ __all__ = [
     "Site",
     "SiteProfile",
     "SiteStats",
+    "SiteSummary",
+    "StatsCallback",
+    "StatsSummary",
+    "StepActivations",
     "StatsConfig",
     "TextTooLongError",
     "UnknownSiteError",

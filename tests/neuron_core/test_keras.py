@@ -301,6 +301,7 @@ def test_profile_keras_statistics_equal_numpy(iface):
     assert example.token.isdigit() and all(t.isdigit() for t in example.context)
     capped = profile_keras(iface, ["ffn_up"], batches, top_k=k, max_tokens=7, progress=False)
     assert capped.n_tokens == 7 and capped["ffn_up"].count.tolist() == [7.0] * FF
+    assert (capped.meta["n_docs"], capped.meta["next_doc"], prof.meta["next_doc"]) == (2, 2, 5)
     np.testing.assert_allclose(capped["ffn_up"].mean.numpy(), acts[:7].mean(0), rtol=1e-12, atol=1e-12)
 
 
