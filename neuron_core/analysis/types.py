@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModeExample", "Mode", "PolysemanticNeuron"]
+__all__ = ["ModeExample", "Mode", "PolysemanticNeuron", "NeuronLogitEffects", "DirectEffect"]
 
 
 class ModeExample(BaseModel):
@@ -59,3 +59,31 @@ class PolysemanticNeuron(BaseModel):
 
         m = re.match(r"^blocks\.(\d+)\.mlp\.hook_post$", self.site)
         return f"L{m.group(1)}/N{self.neuron}" if m else f"{self.site}/N{self.neuron}"
+
+
+class NeuronLogitEffects(BaseModel):
+    """What a neuron's output direction promotes and suppresses in the vocabulary (logit units per unit of
+    activation, through the final norm's scale and the unembedding), strongest first."""
+
+    model_config = ConfigDict(frozen=True)
+
+    site: str
+    neuron: int
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+
+
+class DirectEffect(BaseModel):
+    """The direct effect of one neuron on the next-token logits at one position of a text."""
+
+    model_config = ConfigDict(frozen=True)
+
+    site: str
+    neuron: int
+    position: int
+    token: str
+    activation: float
+    promoted: list[tuple[str, float]] = Field(description="tokens whose logit the neuron raises most, with the change")
+    suppressed: list[tuple[str, float]]
+    predicted: str = Field(description="the model's top next-token prediction at the position")
+    predicted_change: float = Field(description="change of the predicted token's logit due to the neuron")

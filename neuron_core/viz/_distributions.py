@@ -23,7 +23,8 @@ from neuron_core.viz._source import Histogram, Source
 from neuron_core.viz._text import mpl_text, shorten, token_label
 from neuron_core.viz._types import as_logit_effects, as_neurons, neuron_ref, site_label
 
-__all__ = ["histogram_figure", "sparsity_figure", "mode_shares_figure", "logit_effects_figure", "edge_label"]
+__all__ = ["histogram_figure", "sparsity_figure", "mode_shares_figure", "logit_effects_figure", "edge_label",
+           "log_bin_ticks", "value_position"]
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
@@ -49,26 +50,49 @@ def _sign_colors(lo: np.ndarray, hi: np.ndarray) -> list[str]:
     return out
 
 
-def _log_bin_axis(ax: Any, hist: Histogram, first: int, last: int, zero_bin: int) -> None:
-    """Ticks at the decade edges of the signed log-spaced bins (bars sit at their bin index); "0" on the zero bin,
-    whose own edges (±hist_lo) are left unlabelled so the labels do not collide."""
-    ticks, labels = [], []
-    for i in range(first, last + 2):
-        if i >= len(hist.lo) or i in (zero_bin, zero_bin + 1):
-            continue
-        edge = hist.lo[i]
-        if not np.isfinite(edge):
-            continue
-        exp = math.log10(abs(edge))
-        if abs(exp - round(exp)) < 1e-6:
-            ticks.append(i - 0.5)
-            labels.append(edge_label(edge))
-    if len(ticks) > 14:  # every other decade
-        ticks, labels = ticks[::2], labels[::2]
-    if first <= zero_bin <= last:
-        ticks.append(float(zero_bin))
+def value_position(hist: Histogram, value: float) -> float:
+    """Where ``value`` falls on an axis whose bins sit at integer positions (log-interpolated inside a bin)."""
+    i = int(np.searchsorted(hist.hi, value, side="right"))
+    i = min(max(i, 0), len(hist.lo) - 1)
+    lo, hi = hist.lo[i], hist.hi[i]
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0 < hi or value == 0:
+        return float(i)
+    a, b, v = math.log(abs(lo)), math.log(abs(hi)), math.log(abs(value))
+    return i - 0.5 + (v - a) / (b - a) if b != a else float(i)
+
+
+def log_bin_ticks(hist: Histogram, first: int, last: int, max_labels: int = 18) -> tuple[list[float], list[str], int]:
+    """Ticks for bars drawn by bin index over signed log-spaced bins, whatever the edges are (powers of 2 or 10):
+    powers of ten placed by log interpolation, and "0" on the zero bin. Returns positions, labels, zero bin."""
+    zero = int(np.flatnonzero((hist.lo < 0) & (hist.hi > 0))[0])
+    finite = np.abs(np.concatenate([hist.lo[first:last + 1], hist.hi[first:last + 1]]))
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    small = abs(float(hist.hi[zero]))
+    gap = max(1.5, (last - first) / max_labels)  # room for a label, in bins
+    values: list[float] = []
+    if finite.size:
+        k0, k1 = math.ceil(math.log10(max(finite.min(), small))), math.floor(math.log10(finite.max()))
+        decades = [10.0 ** k for k in range(k0, k1 + 1)]
+        for sign in (-1.0, 1.0):
+            for d in decades:
+                v = sign * d
+                x = value_position(hist, v)
+                if first - 0.5 <= x <= last + 0.5 and abs(x - zero) >= gap:
+                    values.append(v)
+    values.sort()
+    if len(values) > 14:  # every other decade
+        values = values[::2]
+    kept: list[float] = []
+    for v in values:  # drop a tick crowding the previous one
+        if not kept or value_position(hist, v) - value_position(hist, kept[-1]) >= gap:
+            kept.append(v)
+    values = kept
+    ticks = [value_position(hist, v) for v in values]
+    labels = [edge_label(v) for v in values]
+    if first <= zero <= last:
+        ticks.append(float(zero))
         labels.append("0")
-    ax.set_xticks(ticks, labels, fontsize=8)
+    return ticks, labels, zero
 
 
 def histogram_figure(src: Source, site: str, neuron: int, *, log_counts: bool | None = None) -> Figure:
@@ -89,17 +113,17 @@ def histogram_figure(src: Source, site: str, neuron: int, *, log_counts: bool | 
         first, last = max(int(nz[0]) - 1, 0), min(int(nz[-1]) + 1, len(counts) - 1)
         xs = np.arange(first, last + 1)
         ax.bar(xs, counts[first:last + 1], width=0.92, color=colors[first:last + 1])
-        zero_bin = int(np.flatnonzero((hist.lo < 0) & (hist.hi > 0))[0])
-        _log_bin_axis(ax, hist, first, last, zero_bin)
+        ticks, labels, zero_bin = log_bin_ticks(hist, first, last)
+        ax.set_xticks(ticks, labels, fontsize=8)
         if first <= zero_bin <= last:
             ax.axvline(zero_bin, color="black", linewidth=0.6, linestyle=":")
         ax.set_xlim(first - 0.6, last + 0.6)
-        ax.set_xlabel("activation (signed log scale: bars are log-spaced bins, |x| < "
-                      f"{edge_label(float(hist.hi[zero_bin]))} in the middle bin)")
+        ax.set_xlabel("activation (signed log scale: one bar per log-spaced bin; the middle bin holds |x| < "
+                      f"{float(hist.hi[zero_bin]):.2g})")
         mean = float(summary.mean[neuron])
-        mean_bin = int(np.searchsorted(hist.hi, mean, side="right"))
-        if first <= mean_bin <= last:
-            ax.axvline(mean_bin, color="black", linewidth=1.0, linestyle="--", label=f"mean {mean:.3g}")
+        mean_x = value_position(hist, mean)
+        if first - 0.5 <= mean_x <= last + 0.5:
+            ax.axvline(mean_x, color="black", linewidth=1.0, linestyle="--", label=f"mean {mean:.3g}")
             ax.legend(loc="upper left", fontsize=8, frameon=False)
         how = "streaming profile"
     else:

@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from matplotlib.colors import CenteredNorm, Colormap, Normalize
@@ -23,7 +24,8 @@ _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 SIGN_COLORS = {"neg": "#4575b4", "zero": "#9e9e9e", "pos": "#d73027"}  # the ends of RdBu_r
 
 
-def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Figure:
+def new_figure(width: float, height: float, *,
+               layout: Literal["constrained", "compressed", "tight"] | None = "constrained") -> Figure:
     """A Figure not registered with pyplot: no display needed, nothing kept alive by a global state."""
     return Figure(figsize=(width, height), layout=layout, facecolor="white")
 

@@ -13,7 +13,7 @@ title says which.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,13 +26,14 @@ from neuron_core.errors import InputError
 from neuron_core.viz._figures import colormap, new_figure, value_scale
 from neuron_core.viz._source import STATS, ProfileSource, RecordSource, Source
 from neuron_core.viz._text import mpl_text, shorten, token_label
-from neuron_core.viz._types import neuron_ref, site_label
+from neuron_core.viz._types import site_label, verdict_title
 
 __all__ = ["Grid", "record_grid", "profile_grid", "draw_grid", "heatmap_figure", "highlight_figure"]
 
 Select = Literal["top", "bins"]
 MARK = "#d62728"
-_AGG = {"max": np.nanmax, "min": np.nanmin, "mean": np.nanmean, "frac_active": np.nanmean, "std": np.nanmean}
+_AGG: dict[str, Callable[..., np.ndarray]] = {"max": np.nanmax, "min": np.nanmin, "mean": np.nanmean,
+                                             "frac_active": np.nanmean, "std": np.nanmean}
 
 
 @dataclass
@@ -180,8 +181,7 @@ def _tick_step(n: int, room: int) -> int:
 def draw_grid(fig: Figure | SubFigure, ax: Axes, grid: Grid, *, title: bool = True) -> Any:
     """Draw ``grid`` on ``ax`` with a colorbar; returns the image."""
     norm, cmap, extend, clip = value_scale(grid.values, from_zero=grid.from_zero)
-    cm = colormap(cmap).copy()
-    cm.set_bad("#dddddd")
+    cm = colormap(cmap).with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(grid.values), aspect="auto", cmap=cm, norm=norm, interpolation="nearest")
     n_rows, n_cols = grid.values.shape
     row_step = _tick_step(n_rows, 90)
@@ -226,15 +226,16 @@ def _mark_columns(ax: Axes, grid: Grid, marked: list[int]) -> None:
     n_rows = grid.values.shape[0]
     for j in cols:
         ax.add_patch(Rectangle((j - 0.5, -0.5), 1, n_rows, fill=False, edgecolor=MARK, linewidth=2.0, clip_on=False))
+    ticks = [int(round(t)) for t in ax.get_xticks()]
+    texts = [t.get_text() for t in ax.get_xticklabels()]
+    marked_ticks = [i for i, t in enumerate(ticks) if t in cols]
+    for i in marked_ticks:
+        texts[i] = "★" + texts[i]
+    ax.set_xticks(ticks, texts)
     labels = ax.get_xticklabels()
-    ticks = list(ax.get_xticks())
-    for j in cols:
-        if j in ticks:
-            lab = labels[ticks.index(j)]
-            lab.set_text("★" + lab.get_text())
-            lab.set_color(MARK)
-            lab.set_fontweight("bold")
-    ax.set_xticks(ticks, labels)
+    for i in marked_ticks:
+        labels[i].set_color(MARK)
+        labels[i].set_fontweight("bold")
 
 
 def _mark_cells(ax: Axes, grid: Grid, cells: list[tuple[int, int, str]]) -> None:
@@ -279,20 +280,6 @@ def _mode_lines(mode: Any) -> tuple[str, str]:
         if isinstance(value, (int, float)):
             example += f" = {value:.3g}"
     return mpl_text("  |  ".join(parts)), mpl_text(example)
-
-
-def verdict_title(verdict: Any, number: int | None = None) -> str:
-    """'1. L6/N12 · 3 modes · score 0.80 · p 0.01 · z 3.1 · separation 0.42'."""
-    modes = list(getattr(verdict, "modes", []) or [])
-    ref = getattr(verdict, "ref", None) or neuron_ref(str(verdict.site), int(verdict.neuron))
-    facts = [f"{len(modes)} modes"]
-    for name, fmt in (("score", "score {:.2f}"), ("p_value", "p {:.3g}"), ("z_score", "z {:.2f}"),
-                      ("separation", "separation {:.2f}")):
-        value = getattr(verdict, name, None)
-        if isinstance(value, (int, float)):
-            facts.append(fmt.format(value))
-    head = f"{number}. " if number is not None else ""
-    return f"{head}{ref}  ·  " + "  ·  ".join(facts)
 
 
 def draw_modes(panel: Figure | SubFigure, verdict: Any, number: int | None = None) -> None:
@@ -365,7 +352,8 @@ def highlight_figure(src: Source, verdicts: list[Any], *, layer: Any = None, max
     heat_h = min(9.0, max(3.6, 1.9 + 0.17 * n_rows + (0.35 if cells else 0)))
     panel_hs = [0.95 + 0.55 * max(len(getattr(v, "modes", []) or []), 1) for v in shown]
     fig = new_figure(14, heat_h + sum(panel_hs) + 0.4)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[heat_h, sum(panel_hs) + 0.4])
+    parts = fig.subfigures(2, 1, height_ratios=[heat_h, sum(panel_hs) + 0.4], squeeze=False)[:, 0]  # [2]
+    top, bottom = parts[0], parts[1]
     ax = top.add_subplot()
     draw_grid(top, ax, grid)
     if marked:

@@ -12,6 +12,7 @@ Token boxes are laid out in monospace so their widths are known before drawing (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -85,13 +86,16 @@ def _draw_boxes(ax: Axes, boxes: list[Box], n_lines: int, line_chars: int, norm:
     ax.set_ylim(n_lines, 0)
     ax.axis("off")
     for box in boxes:
+        face: Any
+        edge: Any
         if box.value is None or not np.isfinite(box.value):
             face, edge, color = "white", "#bbbbbb", "#555555"
         else:
             face = cm(norm(box.value))
             edge, color = ("black" if box.strong else face), text_color(face)
-        ax.add_patch(FancyBboxPatch((box.x, box.line + 0.12), box.width, 0.76, boxstyle="round,pad=0,rounding_size=0.15",
-                                    facecolor=face, edgecolor=edge, linewidth=1.4 if box.strong else 0.6))
+        ax.add_patch(FancyBboxPatch((box.x, box.line + 0.12), box.width, 0.76,
+                                    boxstyle="round,pad=0,rounding_size=0.15", facecolor=face, edgecolor=edge,
+                                    linewidth=1.4 if box.strong else 0.6))
         ax.text(box.x + box.width / 2, box.line + 0.52, mpl_text(box.text), ha="center", va="center",
                 fontsize=FONT, fontfamily="DejaVu Sans Mono", color=color,
                 fontweight="bold" if box.strong else "normal")
@@ -113,7 +117,8 @@ def _record_strip(src: RecordSource, site: str, neuron: int, text: int | str | N
         note += f", tokens {start}–{start + max_tokens - 1} of {len(src.doc_rows(doc))}"
     tokens = [src.tokens[r] for r in rows]
     peak_idx = int(np.nanargmax(values))
-    strip = [(t, float(v), i == peak_idx) for i, (t, v) in enumerate(zip(tokens, values, strict=True))]
+    strip: list[tuple[str, float | None, bool]] = [
+        (t, float(v), i == peak_idx) for i, (t, v) in enumerate(zip(tokens, values, strict=True))]
     return [strip], tokens, values, note
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from neuron_core.errors import InputError
 
 __all__ = ["NeuronLogitEffects", "as_neurons", "as_logit_effects", "neuron_ref", "site_label", "layer_index",
-           "LAYER_PATTERNS"]
+           "LAYER_PATTERNS", "verdict_title"]
 
 # Names people write for layer i's MLP neurons (as neuron_core.sites accepts them).
 LAYER_PATTERNS = (
@@ -120,3 +120,17 @@ def as_logit_effects(effects: Any) -> list[Any]:
         raise InputError("these items are not logit effects (need site, neuron, promoted, suppressed): "
                          f"{sorted(set(bad))}")
     return out
+
+
+def verdict_title(verdict: Any, number: int | None = None) -> str:
+    """'1. L6/N12 · 3 modes · score 0.80 · p 0.01 · z 3.1 · separation 0.42'."""
+    modes = list(getattr(verdict, "modes", []) or [])
+    ref = getattr(verdict, "ref", None) or neuron_ref(str(verdict.site), int(verdict.neuron))
+    facts = [f"{len(modes)} modes"]
+    for name, fmt in (("score", "score {:.2f}"), ("p_value", "p {:.3g}"), ("z_score", "z {:.2f}"),
+                      ("separation", "separation {:.2f}")):
+        value = getattr(verdict, name, None)
+        if isinstance(value, (int, float)):
+            facts.append(fmt.format(value))
+    head = f"{number}. " if number is not None else ""
+    return f"{head}{ref}  ·  " + "  ·  ".join(facts)

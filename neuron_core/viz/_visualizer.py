@@ -23,7 +23,7 @@ from neuron_core.sites import Site
 from neuron_core.viz._distributions import histogram_figure, logit_effects_figure, mode_shares_figure, sparsity_figure
 from neuron_core.viz._figures import finish
 from neuron_core.viz._heatmaps import heatmap_figure, highlight_figure, profile_grid, record_grid
-from neuron_core.viz._source import RecordSource, Source, as_source
+from neuron_core.viz._source import ProfileSource, RecordSource, Source, as_source
 from neuron_core.viz._tokens import token_figure
 from neuron_core.viz._types import as_neurons
 
@@ -66,7 +66,7 @@ class ActivationVisualizer:
             site = src.site(layer)  # type: ignore[arg-type]
             grid = record_grid(src, site, neurons=neurons, max_neurons=max_neurons or 40, select=select or "top",
                                text=text, max_tokens=max_tokens)
-        else:
+        elif isinstance(src, ProfileSource):
             if text is not None:
                 raise InputError("a profile keeps no texts: text= only applies to a record")
             if layer is None:
@@ -77,6 +77,8 @@ class ActivationVisualizer:
                 sites = [src.site(layer)]  # type: ignore[arg-type]
             grid = profile_grid(src, sites, neurons=neurons, max_neurons=max_neurons or 64, select=select or "bins",
                                 stat=stat)
+        else:
+            raise InputError(f"cannot draw from a {type(src).__name__}")
         return finish(heatmap_figure(grid), path)
 
     def highlight_polysemantic(self, result: Any, layer: Layer | None = None, *, max_panels: int = 6,

@@ -1,0 +1,567 @@
+"""Polysemantic neuron detection: which neurons respond to several unrelated things, how sure we are, which modes.
+
+Usage::
+
+    det = PolysemanticDetector(profile_or_record, interface=interface)     # embedder="minilm" (default) or "hidden"
+    for n in det.detect():                     # the polysemantic neurons, best first
+        print(n.summary)                       # 'L6/N1234: 2 modes: animals (55%), months (45%); score 0.81, p=0.010'
+    det.scores()                               # DataFrame over every analysed neuron
+
+Method, per neuron:
+1. contexts: the top band (top examples with value >= ``band`` x max) plus a uniform sample of the neuron's other
+   strong tokens (the sample gives unbiased shares of activation mass);
+2. embed each token in its context (bundled MiniLM, or the subject model's residual stream);
+3. cluster: average-linkage agglomerative clustering on cosine distance for k = 2..``max_modes``; **k is the value
+   with the highest mean silhouette** counting only clusters of at least ``min_mode_size`` contexts and at least
+   ``min_share`` of the activation mass; k = 1 when no k reaches ``silhouette_min``;
+   modes whose centroids are closer than ``merge_distance`` are merged (not clearly distinct);
+4. score in [0, 1] = sqrt(balance) x separation term x (1 + quality term) / 2, where balance is the Gini-Simpson
+   diversity of the modes' weights (mass share x strength**4, strength = the mode's peak activation over the
+   strongest mode's), scaled so two equal modes give 1; the separation term maps the mean cosine distance between
+   mode centroids from [``sep_lo``, ``sep_hi``] to [0, 1]; the quality term maps the silhouette from
+   [0, ``silhouette_hi``] to [0, 1]; one mode scores 0;
+5. null: the same procedure on ``n_null`` random sets of contexts drawn from all analysed neurons' contexts; the
+   p-value is the share of null scores at least as high (with the +1 correction), the z-score is against their mean;
+6. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
+   tokens; modes named after the same concept are merged before scoring (``merge_same_concept``); 7. for detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
+   each mode's contexts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from neuron_core.analysis.contexts import Context, contexts_from_profile, contexts_from_record, random_contexts
+from neuron_core.analysis.embed import Embedder, make_embedder
+from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron
+from neuron_core.capture import ActivationRecord
+from neuron_core.corpus import ConceptProbes, load_probes
+from neuron_core.errors import CorpusTooSmallError, InputError
+from neuron_core.profile import NeuronProfile
+
+__all__ = ["DetectorConfig", "PolysemanticDetector", "PolysematicDetector", "neuron_ref"]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Settings of the detector (see the module docstring for how each one is used)."""
+
+    max_neurons: int | None = None
+    """Analyse at most this many neurons per site, the ones with the highest maximum activation; None: all."""
+    n_top: int = 24
+    """Top-band contexts per neuron."""
+    n_sample: int = 24
+    """Sampled strong contexts per neuron."""
+    band: float = 0.2
+    """A context is strong when its activation is at least this fraction of the neuron's maximum."""
+    min_contexts: int = 6
+    """Neurons with fewer strong contexts get one mode and no score."""
+    max_modes: int = 4
+    min_mode_size: int = 3
+    min_share: float = 0.08
+    """A mode must carry at least this share of the neuron's strong activation mass."""
+    silhouette_min: float = 0.08
+    silhouette_hi: float = 0.35
+    sep_lo: float = 0.55
+    sep_hi: float = 0.85
+    merge_distance: float = 0.6
+    strength_power: float = 4.0
+    """Modes weigh share x strength**strength_power (strength: the mode's peak over the strongest mode's)."""
+    merge_same_concept: bool = True
+    """Modes named after the same probe concept are one mode."""
+    """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
+    n_null: int = 200
+    alpha: float = 0.05
+    """detect() keeps neurons with p-value below alpha ..."""
+    min_score: float = 0.25
+    """... and score at least this."""
+    probe_min_similarity: float = 0.40
+    null_pool: int = 600
+    """Random contexts per site the null sets are drawn from (uniform over the site's tokens)."""
+    ablation: bool = True
+    """Measure each mode's loss change under zero-ablation (causal LMs, for detected neurons only)."""
+    ablation_contexts: int = 8
+    window_before: int = 8
+    window_after: int = 2
+
+
+def neuron_ref(site: str, neuron: int) -> str:
+    if site.startswith("blocks.") and site.endswith(".mlp.hook_post"):
+        return f"L{site.split('.')[1]}/N{neuron}"
+    return f"{site}/N{neuron}"
+
+
+@dataclass
+class _Clustering:
+    labels: np.ndarray  # [m] cluster id per context, -1 = outlier
+    modes: list[int]  # ids of substantial clusters
+    silhouette: float
+    shares: dict[int, float] = field(default_factory=dict)  # share of activation mass (from the sample)
+    weights: dict[int, float] = field(default_factory=dict)  # max(mass share, share of the top band): for scoring
+
+
+def _cluster(X: np.ndarray, values: np.ndarray, sampled: np.ndarray, cfg: DetectorConfig) -> _Clustering:
+    """Choose k by the silhouette criterion; return the clustering with its substantial modes."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import silhouette_score
+
+    m = X.shape[0]
+    single = _Clustering(np.zeros(m, dtype=int), [0], 0.0, {0: 1.0}, {0: 1.0})
+    if m < cfg.min_contexts:
+        return single
+    use_sample = sampled.sum() >= cfg.min_contexts
+    mass = values.clip(min=0) * (sampled if use_sample else np.ones_like(sampled))
+    if mass.sum() <= 0:
+        mass = values.clip(min=0) + 1e-9
+    top = values.clip(min=0) * (1.0 - sampled) if use_sample and (1.0 - sampled).sum() > 0 else mass
+    best: _Clustering | None = None
+    for k in range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1):
+        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
+        shares = {c: float(mass[labels == c].sum() / mass.sum()) for c in range(k)}
+        # a rare mode can carry little of the mass yet a good part of the strongest activations: count both
+        weights = {c: max(shares[c], float(top[labels == c].sum() / max(top.sum(), 1e-12))) for c in range(k)}
+        modes = [c for c in range(k) if (labels == c).sum() >= cfg.min_mode_size and weights[c] >= cfg.min_share]
+        if len(modes) < 2:
+            continue
+        keep = np.isin(labels, modes)
+        sil = float(silhouette_score(X[keep], labels[keep], metric="cosine"))
+        if best is None or sil > best.silhouette:
+            labels = np.where(keep, labels, -1)
+            best = _Clustering(labels, modes, sil, {c: shares[c] for c in modes}, {c: weights[c] for c in modes})
+    if best is None or best.silhouette < cfg.silhouette_min:
+        return single
+    return _merge_close(X, best, cfg, single)
+
+
+def _merge_close(X: np.ndarray, clustering: _Clustering, cfg: DetectorConfig, single: _Clustering) -> _Clustering:
+    """Merge modes whose centroids are closer than ``merge_distance``: they are not clearly distinct."""
+    while len(clustering.modes) >= 2:
+        cents = _centroids(X, clustering)
+        dist = 1.0 - cents @ cents.T
+        np.fill_diagonal(dist, np.inf)
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        if dist[i, j] >= cfg.merge_distance:
+            break
+        a, b = clustering.modes[i], clustering.modes[j]
+        labels = np.where(clustering.labels == b, a, clustering.labels)
+        shares, weights = dict(clustering.shares), dict(clustering.weights)
+        shares[a] += shares.pop(b)
+        weights[a] += weights.pop(b)
+        modes = [c for c in clustering.modes if c != b]
+        clustering = _Clustering(labels, modes, clustering.silhouette, shares, weights)
+    if len(clustering.modes) < 2:
+        return _Clustering(np.where(clustering.labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0}) \
+            if clustering.modes else single
+    from sklearn.metrics import silhouette_score
+
+    keep = clustering.labels >= 0
+    clustering.silhouette = float(silhouette_score(X[keep], clustering.labels[keep], metric="cosine"))
+    return clustering
+
+
+def _merge_same_concept(X: np.ndarray, clustering: _Clustering, concept_cents: np.ndarray | None,
+                        min_sim: float) -> _Clustering:
+    """Merge modes whose best-matching probe concept is the same (both above ``min_sim``)."""
+    if concept_cents is None or len(clustering.modes) < 2:
+        return clustering
+    sims = _centroids(X, clustering) @ concept_cents.T  # [modes, concepts]
+    best = sims.argmax(1)
+    ok = sims.max(1) >= min_sim
+    labels = clustering.labels.copy()
+    shares, weights = dict(clustering.shares), dict(clustering.weights)
+    modes = list(clustering.modes)
+    for i in range(len(clustering.modes)):
+        for j in range(i):
+            if ok[i] and ok[j] and best[i] == best[j]:
+                a, b = clustering.modes[j], clustering.modes[i]
+                root = a
+                while root not in modes:  # a was merged already: follow to its survivor
+                    root = int(labels[np.nonzero(clustering.labels == root)[0][0]])
+                if b in modes and b != root:
+                    labels[labels == b] = root
+                    shares[root] += shares.pop(b)
+                    weights[root] += weights.pop(b)
+                    modes.remove(b)
+                break
+    if len(modes) < 2:
+        return _Clustering(np.where(labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0})
+    merged = _Clustering(labels, modes, clustering.silhouette, shares, weights)
+    if len(modes) < len(clustering.modes):
+        from sklearn.metrics import silhouette_score
+
+        keep = labels >= 0
+        merged.silhouette = float(silhouette_score(X[keep], labels[keep], metric="cosine"))
+    return merged
+
+
+def _centroids(X: np.ndarray, clustering: _Clustering) -> np.ndarray:
+    cents = np.stack([X[clustering.labels == c].mean(0) for c in clustering.modes])
+    return cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+
+
+def _strengths(values: np.ndarray, clustering: _Clustering) -> np.ndarray:
+    """Per mode: mean of its 3 highest activations over that of the strongest mode, in (0, 1]."""
+    peaks = []
+    for c in clustering.modes:
+        v = np.sort(values[clustering.labels == c])[::-1][:3]
+        peaks.append(float(v.mean()) if v.size else 0.0)
+    top = max(max(peaks), 1e-12)
+    return np.clip(np.array(peaks) / top, 1e-6, 1.0)
+
+
+def _score(X: np.ndarray, clustering: _Clustering, cfg: DetectorConfig, values: np.ndarray) -> tuple[float, float]:
+    """(score, separation) of a clustering; one mode scores (0, 0).
+
+    Each mode weighs share x strength**strength_power, where strength compares its peak activation with the strongest mode's:
+    a neuron is polysemantic when it fires on several things *about as strongly*, not when a weak side-response
+    (e.g. to word fragments) sits beside one concept."""
+    if len(clustering.modes) < 2:
+        return 0.0, 0.0
+    p = np.array([clustering.weights[c] for c in clustering.modes]) * _strengths(values, clustering) ** cfg.strength_power
+    p = p / p.sum()
+    balance = min(1.0, (1.0 - float((p ** 2).sum())) / 0.5)
+    cents = _centroids(X, clustering)
+    sims = cents @ cents.T
+    iu = np.triu_indices(len(cents), 1)
+    separation = float((1.0 - sims[iu]).mean())
+    sep_term = min(1.0, max(0.0, (separation - cfg.sep_lo) / (cfg.sep_hi - cfg.sep_lo)))
+    quality = min(1.0, max(0.0, clustering.silhouette / cfg.silhouette_hi))
+    return math.sqrt(balance) * sep_term * (0.5 + 0.5 * quality), separation
+
+
+class PolysemanticDetector:
+    """Finds polysemantic neurons in an ActivationRecord or a NeuronProfile (see the module docstring)."""
+
+    def __init__(self, source: ActivationRecord | NeuronProfile, *, interface: Any = None,
+                 embedder: str | Embedder = "minilm", probes: dict[str, ConceptProbes] | str | None = None,
+                 config: DetectorConfig | None = None, sites: Sequence[str] | None = None,
+                 neurons: Sequence[int] | dict[str, Sequence[int]] | None = None, seed: int = 0) -> None:
+        if not isinstance(source, (ActivationRecord, NeuronProfile)):
+            raise InputError(f"PolysemanticDetector needs an ActivationRecord or a NeuronProfile, "
+                             f"not {type(source).__name__}")
+        self.source = source
+        self.config = config or DetectorConfig()
+        self.seed = seed
+        if interface is not None:
+            from neuron_core.interface import ModelInterface
+
+            interface = interface if isinstance(interface, ModelInterface) else ModelInterface(interface)
+        self.interface = interface
+        all_sites = source.sites if isinstance(source, ActivationRecord) else source.site_names
+        self.sites = [self._site_key(s) for s in sites] if sites is not None else list(all_sites)
+        self._neurons_arg = neurons
+        self._embedder_spec = embedder
+        self._embedder: Embedder | None = None
+        self._probes_arg = probes
+        self._probe_centroids: tuple[list[str], np.ndarray] | None = None
+        self._results: list[PolysemanticNeuron] | None = None
+        self.timings: dict[str, float] = {}
+        self._details: dict[tuple[str, int], tuple[list[Context], np.ndarray, _Clustering]] = {}
+        self.n_excluded: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ inputs
+    def _site_key(self, site: str) -> str:
+        if isinstance(self.source, ActivationRecord):
+            return self.source._key(site)
+        return self.source._key(site)
+
+    def _acts_max(self, site: str) -> torch.Tensor:
+        if isinstance(self.source, ActivationRecord):
+            acts = self.source[site]
+            return torch.where(torch.isfinite(acts), acts, -torch.inf).amax(0)
+        return self.source[site].max.float()
+
+    def _neurons_for(self, site: str) -> list[int]:
+        arg = self._neurons_arg
+        peak = self._acts_max(site)
+        n_total = peak.numel()
+        if isinstance(arg, dict):
+            chosen = [int(n) for n in arg.get(site, [])]
+        elif arg is not None:
+            chosen = [int(n) for n in arg]
+        else:
+            finite = torch.isfinite(peak) & (peak > 0)
+            order = torch.argsort(torch.where(finite, peak, -torch.inf), descending=True)
+            chosen = [int(n) for n in order[: int(finite.sum())]]
+            if self.config.max_neurons is not None:
+                chosen = chosen[: self.config.max_neurons]
+        bad = [n for n in chosen if not 0 <= n < n_total]
+        if bad:
+            raise InputError(f"neurons {bad[:5]} out of range for {site} (0-{n_total - 1})")
+        excluded = int((~torch.isfinite(peak)).sum())
+        if isinstance(self.source, NeuronProfile):
+            excluded = int((self.source[site].n_nonfinite > 0).sum())
+        self.n_excluded[site] = excluded
+        return chosen
+
+    def _contexts(self, site: str, neuron: int) -> list[Context]:
+        cfg = self.config
+        kw = dict(n_top=cfg.n_top, n_sample=cfg.n_sample, band=cfg.band, before=cfg.window_before,
+                  after=cfg.window_after)
+        if isinstance(self.source, ActivationRecord):
+            return contexts_from_record(self.source, site, neuron, seed=self.seed, **kw)  # type: ignore[arg-type]
+        return contexts_from_profile(self.source, site, neuron, **kw)  # type: ignore[arg-type]
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            layer = None
+            if self.sites and self.sites[0].startswith("blocks."):
+                layer = int(self.sites[0].split(".")[1])
+            self._embedder = make_embedder(self._embedder_spec, self.interface, layer)
+        return self._embedder
+
+    def _probes(self) -> tuple[list[str], np.ndarray]:
+        if self._probe_centroids is None:
+            arg = self._probes_arg
+            probes = arg if isinstance(arg, dict) else load_probes(arg)
+            names: list[str] = []
+            cents: list[np.ndarray] = []
+            for name, sets in sorted(probes.items()):
+                ctxs = [Context(e.text, e.start, e.end, 1.0, -1, -1, e.span_text) for e in sets.fit]
+                if not ctxs:
+                    continue
+                X = self.embedder.embed(ctxs)
+                c = X.mean(0)
+                cents.append(c / max(float(np.linalg.norm(c)), 1e-12))
+                names.append(name)
+            self._probe_centroids = (names, np.stack(cents))
+        return self._probe_centroids
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> list[PolysemanticNeuron]:
+        if self._results is not None:
+            return self._results
+        cfg = self.config
+        t0 = time.perf_counter()
+        gathered: list[tuple[str, int, list[Context]]] = []
+        for site in self.sites:
+            for neuron in self._neurons_for(site):
+                gathered.append((site, neuron, self._contexts(site, neuron)))
+        usable = [g for g in gathered if len(g[2]) >= cfg.min_contexts]
+        if gathered and not usable:
+            most = max(len(g[2]) for g in gathered)
+            raise CorpusTooSmallError(
+                f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "
+                f"(a few hundred tokens at least) or lower DetectorConfig.min_contexts")
+        self.timings["contexts"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        pool: dict[tuple[str, int, int], Context] = {}
+        for _, _, ctxs in gathered:
+            for c in ctxs:
+                pool[(c.text, c.start, c.end)] = c
+        pool_list = list(pool.values())
+        pool_X = self.embedder.embed(pool_list) if pool_list else np.zeros((0, 1), np.float32)
+        index = {(c.text, c.start, c.end): i for i, c in enumerate(pool_list)}
+        self.timings["embed"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        names, cents = self._probes()
+        self.timings["probes"] = time.perf_counter() - t0
+        concept_cents = cents if cfg.merge_same_concept and len(names) else None
+
+        t0 = time.perf_counter()
+        per_neuron = []
+        for site, neuron, ctxs in gathered:
+            X = pool_X[[index[(c.text, c.start, c.end)] for c in ctxs]] if ctxs else np.zeros((0, 1), np.float32)
+            values = np.array([c.value for c in ctxs])
+            sampled = np.array([c.sampled for c in ctxs], dtype=float)
+            clustering = _merge_same_concept(X, _cluster(X, values, sampled, cfg), concept_cents,
+                                             cfg.probe_min_similarity)
+            score, separation = _score(X, clustering, cfg, values)
+            per_neuron.append((site, neuron, ctxs, X, clustering, score, separation))
+            self._details[(site, neuron)] = (ctxs, X, clustering)
+        self.timings["cluster"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        null_pool = [c for site in self.sites for c in random_contexts(
+            self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
+            before=cfg.window_before, after=cfg.window_after)]
+        null_X = self.embedder.embed(null_pool) if null_pool else np.zeros((0, 1), np.float32)
+        null = self._null_scores(null_X, null_pool, [len(g[2]) for g in usable],
+                                 np.array([c.value for g in usable for c in g[2]]), concept_cents)
+        self.timings["null"] = time.perf_counter() - t0
+
+        mu, sd = float(null.mean()) if null.size else 0.0, float(null.std()) if null.size else 0.0
+        results = []
+        for site, neuron, ctxs, X, clustering, score, separation in per_neuron:
+            p_value = float((1 + (null >= score - 1e-12).sum()) / (1 + null.size)) if null.size else 1.0
+            if len(clustering.modes) < 2:
+                p_value = 1.0
+            z = (score - mu) / max(sd, 1e-6)
+            modes = self._modes(ctxs, X, clustering, names, cents)
+            ref = neuron_ref(site, neuron)
+            results.append(PolysemanticNeuron(
+                site=site, neuron=neuron, score=round(float(score), 6), p_value=p_value, z_score=float(z),
+                n_modes=len(modes), separation=separation, modes=modes,
+                summary=self._summary(ref, modes, score, p_value, len(ctxs))))
+        t0 = time.perf_counter()
+        if cfg.ablation and self.interface is not None and self.interface.loaded.is_causal_lm:
+            results = [self._with_effects(r, per_neuron) if self._is_detected(r) else r for r in results]
+        self.timings["ablation"] = time.perf_counter() - t0
+        results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
+        self._results = results
+        return results
+
+    def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: list[int],
+                     values: np.ndarray, concept_cents: np.ndarray | None) -> np.ndarray:
+        """Scores of random context sets (sizes and activation values as the analysed neurons', contexts random)."""
+        cfg = self.config
+        if not sizes or len(pool) < cfg.min_contexts or cfg.n_null <= 0 or values.size == 0:
+            return np.zeros(0)
+        rng = np.random.default_rng(self.seed)
+        out = np.empty(cfg.n_null)
+        for i in range(cfg.n_null):
+            m = int(rng.choice(sizes))
+            m = min(m, len(pool))
+            idx = rng.choice(len(pool), size=m, replace=False)
+            vals = rng.choice(values, size=m)  # activation values unrelated to the contexts
+            clustering = _merge_same_concept(pool_X[idx], _cluster(pool_X[idx], vals, np.ones(m), cfg),
+                                             concept_cents, cfg.probe_min_similarity)
+            out[i] = _score(pool_X[idx], clustering, cfg, vals)[0]
+        return out
+
+    def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: _Clustering, names: list[str],
+               cents: np.ndarray) -> list[Mode]:
+        if not ctxs:
+            return []
+        mode_ids = clustering.modes
+        mode_cents = _centroids(X, clustering) if X.shape[0] else np.zeros((1, 1))
+        modes = []
+        for j, c in enumerate(mode_ids):
+            members = [ctx for ctx, lab in zip(ctxs, clustering.labels) if lab == c]
+            members.sort(key=lambda ctx: -ctx.value)
+            counts = Counter(ctx.token.strip() or repr(ctx.token) for ctx in members)
+            top_tokens = [t for t, _ in counts.most_common(5)]
+            concept, sim = None, None
+            if len(names):
+                sims = cents @ mode_cents[j]
+                best = int(np.argmax(sims))
+                if float(sims[best]) >= self.config.probe_min_similarity:
+                    concept, sim = names[best], float(sims[best])
+                else:
+                    sim = float(sims[best])
+            token_label = "/".join(repr(t) for t in top_tokens[:3])
+            label = f"{concept} ({token_label})" if concept else f"tokens {token_label}"
+            modes.append(Mode(label=label, share=round(min(1.0, clustering.shares.get(c, 1.0)), 6),
+                              n_examples=len(members), top_tokens=top_tokens, probe_concept=concept,
+                              probe_similarity=sim,
+                              examples=[ModeExample(text=m.marked(), token=m.token, value=m.value, doc_id=m.doc_id,
+                                                    position=m.position) for m in members[:5]]))
+        modes.sort(key=lambda m: -m.share)
+        return modes
+
+    @staticmethod
+    def _summary(ref: str, modes: list[Mode], score: float, p_value: float, n_ctx: int) -> str:
+        if len(modes) < 2:
+            what = modes[0].label if modes else f"too few strong contexts ({n_ctx})"
+            return f"{ref}: one mode ({what}); score {score:.2f}"
+        parts = ", ".join(f"{m.probe_concept or m.label} ({m.share:.0%})" for m in modes)
+        return f"{ref}: {len(modes)} modes: {parts}; score {score:.2f}, p={p_value:.3f}"
+
+    def _is_detected(self, r: PolysemanticNeuron) -> bool:
+        return r.n_modes >= 2 and r.p_value < self.config.alpha and r.score >= self.config.min_score
+
+    # ------------------------------------------------------------------ causal check
+    def _with_effects(self, r: PolysemanticNeuron, per_neuron: list[Any]) -> PolysemanticNeuron:
+        entry = next(p for p in per_neuron if p[0] == r.site and p[1] == r.neuron)
+        _, _, ctxs, _, clustering, _, _ = entry
+        by_label = {}
+        for c in clustering.modes:
+            members = sorted([x for x, lab in zip(ctxs, clustering.labels) if lab == c], key=lambda x: -x.value)
+            by_label[c] = [m for m in members if m.ids][: self.config.ablation_contexts]
+        effects = {c: self._ablation_effect(r.site, r.neuron, members) for c, members in by_label.items()}
+        # modes were sorted by share; match them back through their example keys
+        new_modes = []
+        for mode in r.modes:
+            key = {(e.doc_id, e.position) for e in mode.examples}
+            c = next((c for c in clustering.modes
+                      if key & {(x.doc_id, x.position) for x, lab in zip(ctxs, clustering.labels) if lab == c}), None)
+            new_modes.append(mode.model_copy(update={"effect": effects.get(c)}) if c is not None else mode)
+        return r.model_copy(update={"modes": new_modes})
+
+    @torch.no_grad()
+    def _ablation_effect(self, site: str, neuron: int, members: list[Context]) -> float | None:
+        if not members:
+            return None
+        from neuron_core.batching import Segment, make_batches, pad_token_id
+        from neuron_core.capture import run_forward
+
+        interface = self.interface
+        resolver = interface.resolver
+        s = resolver.resolve(site)
+        module = resolver.module(s)
+        segs = [Segment(i, 0, tuple(c.ids)) for i, c in enumerate(members)]
+        batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(interface.tokenizer)))
+        batch = batch.to(interface.device)
+        kwargs = batch.model_kwargs(interface.module)
+
+        def losses() -> torch.Tensor:
+            logits = run_forward(interface.module, kwargs).logits.float()  # [B, T, V]
+            logp = torch.log_softmax(logits[:, :-1], -1)
+            target = batch.input_ids[:, 1:]
+            nll = -logp.gather(-1, target[..., None])[..., 0]  # [B, T-1]
+            # predictions made at the activating token and after (the neuron can only affect those)
+            pos = torch.arange(nll.shape[1], device=nll.device)[None, :]
+            start = torch.tensor([c.index for c in members], device=nll.device)[:, None]
+            valid = batch.attention_mask[:, 1:].bool() & (pos >= start)
+            return (nll * valid).sum() / valid.sum().clamp(min=1)
+
+        base = losses()
+
+        def zero_pre(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = args[0].clone()
+            x[..., neuron] = 0
+            return (x, *args[1:])
+
+        def zero_post(_m: torch.nn.Module, _a: Any, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[..., neuron] = 0
+            return out
+
+        handle = module.register_forward_pre_hook(zero_pre) if s.read == "input" else \
+            module.register_forward_hook(zero_post)
+        try:
+            ablated = losses()
+        finally:
+            handle.remove()
+        return float(ablated - base)
+
+    # ------------------------------------------------------------------ readouts
+    @property
+    def results(self) -> list[PolysemanticNeuron]:
+        return self.run()
+
+    def detect(self, top_n: int | None = None) -> list[PolysemanticNeuron]:
+        """The polysemantic neurons (>= 2 modes, p < alpha, score >= min_score), best first."""
+        found = [r for r in self.run() if self._is_detected(r)]
+        return found[:top_n] if top_n is not None else found
+
+    def describe(self, site: str, neuron: int) -> PolysemanticNeuron:
+        key = self._site_key(site)
+        for r in self.run():
+            if r.site == key and r.neuron == neuron:
+                return r
+        raise InputError(f"neuron {neuron} of {key} was not analysed")
+
+    def scores(self) -> Any:
+        import pandas as pd
+
+        rows = [{"site": r.site, "neuron": r.neuron, "ref": r.ref, "score": r.score, "p_value": r.p_value,
+                 "z_score": r.z_score, "n_modes": r.n_modes, "separation": r.separation,
+                 "detected": self._is_detected(r), "summary": r.summary} for r in self.run()]
+        columns = ["site", "neuron", "ref", "score", "p_value", "z_score", "n_modes", "separation", "detected",
+                   "summary"]
+        return pd.DataFrame(rows, columns=columns)
+
+
+PolysematicDetector = PolysemanticDetector  # the seed's spelling
