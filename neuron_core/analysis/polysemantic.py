@@ -77,6 +77,14 @@ class DetectorConfig:
     """Modes weigh share x strength**strength_power (strength: the mode's peak over the strongest mode's)."""
     merge_same_concept: bool = True
     """Modes named after the same probe concept are one mode."""
+    probe_modes: bool = True
+    """With a model interface: also look for modes the corpus barely shows, by the neuron's response to each probe
+    concept's held-out spans (a concept counts when its median span activation reaches ``probe_mode_strength`` x
+    the neuron's peak and its selectivity AUC reaches ``probe_mode_auc``)."""
+    probe_mode_strength: float = 0.3
+    probe_mode_auc: float = 0.85
+    probe_mode_weight: float = 0.25
+    """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
     """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
     n_null: int = 200
     alpha: float = 0.05
@@ -265,6 +273,7 @@ class PolysemanticDetector:
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
         self._details: dict[tuple[str, int], tuple[list[Context], np.ndarray, _Clustering]] = {}
+        self._probe_found: set[tuple[str, int, int]] = set()
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -370,13 +379,26 @@ class PolysemanticDetector:
         concept_cents = cents if cfg.merge_same_concept and len(names) else None
 
         t0 = time.perf_counter()
+        probe_acts = {}
+        if cfg.probe_modes and self.interface is not None and isinstance(self._probes_arg, (dict, type(None), str)):
+            from neuron_core.analysis.probes import ProbeActivations
+
+            probes = self._probes_arg if isinstance(self._probes_arg, dict) else load_probes(self._probes_arg)
+            for site in self.sites:
+                probe_acts[site] = ProbeActivations.compute(self.interface, site, probes)
+        self.timings["probe_selectivity"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
         per_neuron = []
         for site, neuron, ctxs in gathered:
             X = pool_X[[index[(c.text, c.start, c.end)] for c in ctxs]] if ctxs else np.zeros((0, 1), np.float32)
             values = np.array([c.value for c in ctxs])
             sampled = np.array([c.sampled for c in ctxs], dtype=float)
-            clustering = _merge_same_concept(X, _cluster(X, values, sampled, cfg), concept_cents,
-                                             cfg.probe_min_similarity)
+            clustering = _cluster(X, values, sampled, cfg)
+            if site in probe_acts and len(ctxs) >= cfg.min_contexts:
+                ctxs, X, values, clustering = self._add_probe_modes(
+                    site, neuron, ctxs, X, values, clustering, probe_acts[site], names, cents)
+            clustering = _merge_same_concept(X, clustering, concept_cents, cfg.probe_min_similarity)
             score, separation = _score(X, clustering, cfg, values)
             per_neuron.append((site, neuron, ctxs, X, clustering, score, separation))
             self._details[(site, neuron)] = (ctxs, X, clustering)
@@ -398,7 +420,8 @@ class PolysemanticDetector:
             if len(clustering.modes) < 2:
                 p_value = 1.0
             z = (score - mu) / max(sd, 1e-6)
-            modes = self._modes(ctxs, X, clustering, names, cents)
+            probe_ids = {c for (s_, n_, c) in self._probe_found if s_ == site and n_ == neuron}
+            modes = self._modes(ctxs, X, clustering, names, cents, probe_ids)
             ref = neuron_ref(site, neuron)
             results.append(PolysemanticNeuron(
                 site=site, neuron=neuron, score=round(float(score), 6), p_value=p_value, z_score=float(z),
@@ -411,6 +434,54 @@ class PolysemanticDetector:
         results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
         self._results = results
         return results
+
+    def _add_probe_modes(self, site: str, neuron: int, ctxs: list[Context], X: np.ndarray, values: np.ndarray,
+                         clustering: _Clustering, pa: Any, names: list[str], cents: np.ndarray
+                         ) -> tuple[list[Context], np.ndarray, np.ndarray, _Clustering]:
+        """Add a mode for each probe concept the neuron responds to strongly and selectively that no mode covers."""
+        cfg = self.config
+        peak = float(values.max()) if values.size else 0.0
+        if peak <= 0:
+            return ctxs, X, values, clustering
+        covered = set()
+        if len(names):
+            sims = _centroids(X, clustering) @ cents.T if X.shape[0] else np.zeros((0, len(names)))
+            covered = {names[int(i)] for i, row in zip(sims.argmax(1), sims) if row.max() >= cfg.probe_min_similarity}
+        bg = np.sort(pa.background[:, neuron])
+        new_ctx: list[Context] = []
+        new_labels: list[int] = []
+        labels = clustering.labels
+        modes, shares, weights = list(clustering.modes), dict(clustering.shares), dict(clustering.weights)
+        next_id = int(max(labels.max(initial=0), max(modes, default=0))) + 1
+        for concept, acts in pa.concepts.items():
+            v = acts[:, neuron]
+            median = float(np.median(v))
+            auc = float(((np.searchsorted(bg, v, "left") + np.searchsorted(bg, v, "right")) / 2).mean()
+                        / max(len(bg), 1))
+            if concept in covered or median < cfg.probe_mode_strength * peak or auc < cfg.probe_mode_auc:
+                continue
+            order = np.argsort(-v)[: cfg.min_mode_size * 2]
+            for i in order:
+                ex = pa.examples[concept][int(i)]
+                new_ctx.append(Context(ex.text, ex.start, ex.end, float(v[i]), -1, -1, ex.span_text))
+                new_labels.append(next_id)
+            modes.append(next_id)
+            shares[next_id] = 0.0  # not observed in the corpus's activation mass
+            weights[next_id] = cfg.probe_mode_weight
+            self._probe_found.add((site, neuron, next_id))
+            next_id += 1
+        if not new_ctx:
+            return ctxs, X, values, clustering
+        X2 = np.concatenate([X, self.embedder.embed(new_ctx)])
+        values2 = np.concatenate([values, [c.value for c in new_ctx]])
+        labels2 = np.concatenate([labels, new_labels])
+        merged = _Clustering(labels2, modes, clustering.silhouette, shares, weights)
+        if len(modes) >= 2:
+            from sklearn.metrics import silhouette_score
+
+            keep = np.isin(labels2, modes)
+            merged.silhouette = float(silhouette_score(X2[keep], labels2[keep], metric="cosine"))
+        return ctxs + new_ctx, X2, values2, merged
 
     def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: list[int],
                      values: np.ndarray, concept_cents: np.ndarray | None) -> np.ndarray:
@@ -431,7 +502,7 @@ class PolysemanticDetector:
         return out
 
     def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: _Clustering, names: list[str],
-               cents: np.ndarray) -> list[Mode]:
+               cents: np.ndarray, probe_ids: set[int] | None = None) -> list[Mode]:
         if not ctxs:
             return []
         mode_ids = clustering.modes
@@ -452,6 +523,8 @@ class PolysemanticDetector:
                     sim = float(sims[best])
             token_label = "/".join(repr(t) for t in top_tokens[:3])
             label = f"{concept} ({token_label})" if concept else f"tokens {token_label}"
+            if probe_ids and c in probe_ids:
+                label += ", found through the probes"
             modes.append(Mode(label=label, share=round(min(1.0, clustering.shares.get(c, 1.0)), 6),
                               n_examples=len(members), top_tokens=top_tokens, probe_concept=concept,
                               probe_similarity=sim,

@@ -1,0 +1,157 @@
+"""The polysemantic detector on planted ground truth in a real model (SmolLM2), and on the seed's small records."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuron_core import ActivationMonitor, CorpusTooSmallError, InputError, ModelInterface, load_model, profile
+from neuron_core.analysis import DetectorConfig, PolysemanticDetector, PolysematicDetector, PolysemanticNeuron
+from neuron_core.corpus import builtin_corpus, load_probes
+from tests.neuron_core.planting import auc, plant
+
+SITE = "blocks.6.mlp.hook_post"
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A fresh SmolLM2 with 8 OR neurons (two unrelated concepts) and 12 single-concept neurons in layer 6,
+    profiled over part of the built-in corpus plus the probes' held-out sentences."""
+    lm = load_model("smollm2-135m", device="cpu")  # a private copy: planting writes into the weights
+    truth = plant(lm, layer=6, n_or=8, n_single=12)
+    held_out = [e.text for p in load_probes().values() for e in p.held_out]
+    interface = ModelInterface(lm)
+    prof = profile(interface, ["layer 6"], builtin_corpus().texts(1200) + held_out, top_k=32, n_samples=64,
+                   batch_size=32, progress=False)
+    det = PolysemanticDetector(prof, interface=interface, neurons=list(truth.neurons))
+    return truth, prof, det
+
+
+def test_or_neurons_outrank_single_concept_neurons(planted):
+    truth, _, det = planted
+    scores = {r.neuron: r.score for r in det.results}
+    value = auc([scores[n] for n in truth.or_neurons], [scores[n] for n in truth.single_neurons])
+    print(f"planted AUC = {value:.3f}")
+    assert value >= 0.95
+
+
+def test_both_concepts_recovered(planted):
+    truth, _, det = planted
+    for n in truth.or_neurons:
+        verdict = det.describe(SITE, n)
+        found = {m.probe_concept for m in verdict.modes}
+        assert set(truth.neurons[n]) <= found, (n, truth.neurons[n], verdict.summary)
+        assert verdict.n_modes >= 2 and verdict.p_value < 0.05
+    detected = {r.neuron for r in det.detect()}
+    assert len(detected & set(truth.or_neurons)) >= 7
+    assert len(detected & set(truth.single_neurons)) <= 3
+
+
+def test_results_are_typed_and_complete(planted):
+    truth, _, det = planted
+    found = det.detect()
+    assert found == sorted(found, key=lambda r: -r.score)
+    top = found[0]
+    assert isinstance(top, PolysemanticNeuron) and top.site == SITE and isinstance(top.neuron, int)
+    assert 0 <= top.score <= 1 and 0 < top.p_value <= 1 and top.summary.startswith(top.ref)
+    assert abs(sum(m.share for m in top.modes) - 1) < 0.2
+    assert all(m.examples and "[[" in m.examples[0].text for m in top.modes)
+    assert any(m.effect is not None for m in top.modes)  # the causal check ran (zero-ablation)
+    frame = det.scores()
+    assert {"site", "neuron", "score", "p_value", "n_modes"} <= set(frame.columns)
+    assert len(frame) == len(truth.neurons)
+    assert set(det.timings) >= {"contexts", "embed", "cluster", "null", "probes"}
+
+
+def test_single_concept_modes_named(planted):
+    truth, _, det = planted
+    named = 0
+    for n in truth.single_neurons:
+        verdict = det.describe(SITE, n)
+        named += verdict.modes[0].probe_concept == truth.neurons[n][0]
+    assert named >= len(truth.single_neurons) - 2
+
+
+def test_null_is_calibrated(planted):
+    """Random context sets through the same procedure: p-values of random sets are not small."""
+    _, prof, det = planted
+    from neuron_core.analysis.contexts import random_contexts
+    from neuron_core.analysis.polysemantic import _cluster, _score
+
+    pool = random_contexts(prof, SITE, 400, seed=7)
+    X = det.embedder.embed(pool)
+    rng = np.random.default_rng(3)
+    scores = []
+    for _ in range(60):
+        idx = rng.choice(len(pool), size=40, replace=False)
+        vals = rng.uniform(1, 10, size=40)
+        clustering = _cluster(X[idx], vals, np.ones(40), det.config)
+        scores.append(_score(X[idx], clustering, det.config, vals)[0])
+    null = np.array(scores)
+    assert float((null >= det.config.min_score).mean()) <= 0.2
+
+
+@pytest.fixture(scope="module")
+def seed_record(smollm):
+    texts = ["The cat sat on the mat while the dog slept by the fire.",
+             "Stock prices rose sharply after the quarterly earnings report in March.",
+             "def add(a, b): return a + b  # a tiny Python function",
+             "Le chat dort sur le canapé pendant que la pluie tombe.",
+             "ERROR 2026-03-01 12:00:01 connection refused on port 5432",
+             "She played a slow waltz on the violin, then a fast reel on the fiddle."] * 3
+    monitor = ActivationMonitor(ModelInterface(smollm))
+    monitor.register_layers(["layer 3", "layer 6"])
+    return monitor.capture(texts)
+
+
+def test_detector_on_a_small_record(seed_record, smollm):
+    det = PolysematicDetector(seed_record, interface=ModelInterface(smollm),
+                              config=DetectorConfig(max_neurons=40, n_null=50))
+    assert PolysematicDetector is PolysemanticDetector
+    frame = det.scores()
+    assert len(frame) == 80 and frame["site"].nunique() == 2
+    assert frame["score"].between(0, 1).all() and frame["p_value"].between(0, 1).all()
+    for r in det.detect():
+        assert r.n_modes >= 2 and r.p_value < det.config.alpha
+
+
+def test_bad_inputs(seed_record, tiny_gpt2):
+    with pytest.raises(InputError):
+        PolysemanticDetector("not a record")  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        PolysemanticDetector(seed_record, neurons=[10**6]).run()
+    tiny = ActivationMonitor(tiny_gpt2, ["mlp.0"]).capture(["a b"])
+    with pytest.raises(CorpusTooSmallError, match="strong contexts"):
+        PolysemanticDetector(tiny, embedder="minilm").run()
+
+
+def test_dead_constant_and_nonfinite_neurons(tiny_gpt2, builtin_texts):
+    """Neurons that never fire, constant neurons and NaN/Inf activations: counted, excluded, reported."""
+    model = tiny_gpt2.module
+    mlp = model.transformer.h[0].mlp
+    handle = mlp.act.register_forward_hook(lambda m, a, out: _poison(out))
+    try:
+        prof = profile(tiny_gpt2, ["mlp.0"], builtin_texts[:300], progress=False)
+    finally:
+        handle.remove()
+    view = prof["mlp.0"]
+    assert view.frac_active[0] == 0 and view.std[1] == 0  # dead, constant
+    assert int(view.n_nonfinite[2]) > 0 and math.isfinite(float(view.mean[2]))
+    assert int(view.n_nonfinite[3]) > 0 and math.isfinite(float(view.max[3]))
+    det = PolysemanticDetector(prof, config=DetectorConfig(max_neurons=12, n_null=20))
+    frame = det.scores()
+    assert 0 not in set(frame["neuron"])  # a dead neuron has nothing to analyse
+    assert det.n_excluded["blocks.0.mlp.hook_post"] == 2  # the NaN and the Inf neuron, reported
+    assert frame["score"].notna().all()
+
+
+def _poison(out: torch.Tensor) -> torch.Tensor:
+    out = out.clone()
+    out[..., 0] = -1.0  # never active
+    out[..., 1] = 0.5  # constant
+    out[:, :1, 2] = float("nan")
+    out[:, -1:, 3] = float("inf")
+    return out
