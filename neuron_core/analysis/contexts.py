@@ -109,10 +109,12 @@ def contexts_from_profile(prof: NeuronProfile, site: str, neuron: int, *, n_top:
 
 
 def contexts_from_record(record: ActivationRecord, site: str, neuron: int, *, n_top: int = 24, n_sample: int = 24,
-                         band: float = 0.2, before: int = 8, after: int = 2, seed: int = 0) -> list[Context]:
-    """The same from a record: the top band plus a uniform sample of the other strong tokens."""
+                         band: float = 0.2, before: int = 8, after: int = 2, seed: int = 0,
+                         min_position: int = 0) -> list[Context]:
+    """The same from a record: the top band plus a uniform sample of the other strong tokens (tokens before
+    ``min_position`` of their document are left out)."""
     acts = record[site][:, neuron].double().numpy()
-    finite = np.isfinite(acts)
+    finite = np.isfinite(acts) & (record.positions.numpy() >= min_position)
     if not finite.any():
         return []
     peak = float(np.max(np.where(finite, acts, -np.inf)))

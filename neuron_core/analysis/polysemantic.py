@@ -97,8 +97,13 @@ class DetectorConfig:
     ablation: bool = True
     """Measure each mode's loss change under zero-ablation (causal LMs, for detected neurons only)."""
     ablation_contexts: int = 8
+    ablation_max_neurons: int = 16
+    """Measure effects for at most this many detected neurons (the highest scoring)."""
     window_before: int = 8
     window_after: int = 2
+    min_position: int = 1
+    """Leave out tokens before this position: a decoder's first token is an attention sink whose huge activations
+    say nothing about meaning (0 keeps every position)."""
 
 
 def neuron_ref(site: str, neuron: int) -> str:
@@ -316,8 +321,18 @@ class PolysemanticDetector:
         kw = dict(n_top=cfg.n_top, n_sample=cfg.n_sample, band=cfg.band, before=cfg.window_before,
                   after=cfg.window_after)
         if isinstance(self.source, ActivationRecord):
-            return contexts_from_record(self.source, site, neuron, seed=self.seed, **kw)  # type: ignore[arg-type]
-        return contexts_from_profile(self.source, site, neuron, **kw)  # type: ignore[arg-type]
+            ctxs = contexts_from_record(self.source, site, neuron, seed=self.seed, min_position=cfg.min_position,
+                                        **kw)  # type: ignore[arg-type]
+        else:
+            ctxs = contexts_from_profile(self.source, site, neuron, **kw)  # type: ignore[arg-type]
+        seen: set[tuple[str, int, int]] = set()
+        unique = []
+        for c in ctxs:  # a repeated sentence gives identical windows: count each once
+            key = (c.text, c.start, c.end)
+            if c.position >= cfg.min_position and key not in seen:
+                seen.add(key)
+                unique.append(c)
+        return unique
 
     @property
     def embedder(self) -> Embedder:
@@ -384,8 +399,12 @@ class PolysemanticDetector:
             from neuron_core.analysis.probes import ProbeActivations
 
             probes = self._probes_arg if isinstance(self._probes_arg, dict) else load_probes(self._probes_arg)
-            for site in self.sites:
-                probe_acts[site] = ProbeActivations.compute(self.interface, site, probes)
+            wanted: dict[str, list[int]] = {}
+            for site, neuron, ctxs in gathered:
+                if len(ctxs) >= cfg.min_contexts:
+                    wanted.setdefault(site, []).append(neuron)
+            if wanted:
+                probe_acts = ProbeActivations.compute(self.interface, wanted, probes)
         self.timings["probe_selectivity"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -429,7 +448,10 @@ class PolysemanticDetector:
                 summary=self._summary(ref, modes, score, p_value, len(ctxs))))
         t0 = time.perf_counter()
         if cfg.ablation and self.interface is not None and self.interface.loaded.is_causal_lm:
-            results = [self._with_effects(r, per_neuron) if self._is_detected(r) else r for r in results]
+            chosen = sorted((r for r in results if self._is_detected(r)), key=lambda r: -r.score)
+            chosen_keys = {(r.site, r.neuron) for r in chosen[: cfg.ablation_max_neurons]}
+            results = [self._with_effects(r, per_neuron) if (r.site, r.neuron) in chosen_keys else r
+                       for r in results]
         self.timings["ablation"] = time.perf_counter() - t0
         results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
         self._results = results
@@ -447,14 +469,14 @@ class PolysemanticDetector:
         if len(names):
             sims = _centroids(X, clustering) @ cents.T if X.shape[0] else np.zeros((0, len(names)))
             covered = {names[int(i)] for i, row in zip(sims.argmax(1), sims) if row.max() >= cfg.probe_min_similarity}
-        bg = np.sort(pa.background[:, neuron])
+        concept_acts, background = pa.neuron(neuron)
+        bg = np.sort(background)
         new_ctx: list[Context] = []
         new_labels: list[int] = []
         labels = clustering.labels
         modes, shares, weights = list(clustering.modes), dict(clustering.shares), dict(clustering.weights)
         next_id = int(max(labels.max(initial=0), max(modes, default=0))) + 1
-        for concept, acts in pa.concepts.items():
-            v = acts[:, neuron]
+        for concept, v in concept_acts.items():
             median = float(np.median(v))
             auc = float(((np.searchsorted(bg, v, "left") + np.searchsorted(bg, v, "right")) / 2).mean()
                         / max(len(bg), 1))
@@ -552,7 +574,7 @@ class PolysemanticDetector:
         for c in clustering.modes:
             members = sorted([x for x, lab in zip(ctxs, clustering.labels) if lab == c], key=lambda x: -x.value)
             by_label[c] = [m for m in members if m.ids][: self.config.ablation_contexts]
-        effects = {c: self._ablation_effect(r.site, r.neuron, members) for c, members in by_label.items()}
+        effects = self._ablation_effects(r.site, r.neuron, by_label)
         # modes were sorted by share; match them back through their example keys
         new_modes = []
         for mode in r.modes:
@@ -563,51 +585,57 @@ class PolysemanticDetector:
         return r.model_copy(update={"modes": new_modes})
 
     @torch.no_grad()
-    def _ablation_effect(self, site: str, neuron: int, members: list[Context]) -> float | None:
-        if not members:
-            return None
+    def _ablation_effects(self, site: str, neuron: int, by_mode: dict[int, list[Context]]) -> dict[int, float | None]:
+        """Per mode: mean next-token loss change (nats) at and after the activating token when the neuron is
+        zero-ablated; every mode's contexts go through one clean and one ablated forward pass together."""
         from neuron_core.batching import Segment, make_batches, pad_token_id
         from neuron_core.capture import run_forward
 
+        members = [(c, ctx) for c, ctxs in by_mode.items() for ctx in ctxs]
+        out: dict[int, float | None] = {c: None for c in by_mode}
+        if not members:
+            return out
         interface = self.interface
-        resolver = interface.resolver
-        s = resolver.resolve(site)
-        module = resolver.module(s)
-        segs = [Segment(i, 0, tuple(c.ids)) for i, c in enumerate(members)]
+        s = interface.resolver.resolve(site)
+        module = interface.resolver.module(s)
+        segs = [Segment(i, 0, tuple(ctx.ids)) for i, (_, ctx) in enumerate(members)]
         batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(interface.tokenizer)))
         batch = batch.to(interface.device)
         kwargs = batch.model_kwargs(interface.module)
+        start = torch.tensor([ctx.index for _, ctx in members], device=batch.input_ids.device)[:, None]
 
-        def losses() -> torch.Tensor:
+        def per_row_loss() -> torch.Tensor:
             logits = run_forward(interface.module, kwargs).logits.float()  # [B, T, V]
             logp = torch.log_softmax(logits[:, :-1], -1)
-            target = batch.input_ids[:, 1:]
-            nll = -logp.gather(-1, target[..., None])[..., 0]  # [B, T-1]
-            # predictions made at the activating token and after (the neuron can only affect those)
+            nll = -logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]  # [B, T-1]
             pos = torch.arange(nll.shape[1], device=nll.device)[None, :]
-            start = torch.tensor([c.index for c in members], device=nll.device)[:, None]
-            valid = batch.attention_mask[:, 1:].bool() & (pos >= start)
-            return (nll * valid).sum() / valid.sum().clamp(min=1)
+            valid = batch.attention_mask[:, 1:].bool() & (pos >= start)  # the neuron can only affect these
+            return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)  # [B]
 
-        base = losses()
+        base = per_row_loss()
 
         def zero_pre(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             x = args[0].clone()
             x[..., neuron] = 0
             return (x, *args[1:])
 
-        def zero_post(_m: torch.nn.Module, _a: Any, out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[..., neuron] = 0
-            return out
+        def zero_post(_m: torch.nn.Module, _a: Any, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            output[..., neuron] = 0
+            return output
 
         handle = module.register_forward_pre_hook(zero_pre) if s.read == "input" else \
             module.register_forward_hook(zero_post)
         try:
-            ablated = losses()
+            ablated = per_row_loss()
         finally:
             handle.remove()
-        return float(ablated - base)
+        diff = (ablated - base).cpu().numpy()
+        modes = np.array([c for c, _ in members])
+        for c in by_mode:
+            if (modes == c).any():
+                out[c] = float(diff[modes == c].mean())
+        return out
 
     # ------------------------------------------------------------------ readouts
     @property

@@ -3,10 +3,11 @@
 Usage::
 
     sel = probe_selectivity(interface, "layer 6", neurons=[12, 99])   # DataFrame: neuron, concept, median, auc
-    acts = ProbeActivations.compute(interface, "layer 6")             # reusable for many neurons
+    acts = ProbeActivations.compute(interface, {"blocks.6.mlp.hook_post": [12, 99]})   # one pass, many sites
 
 For each probe sentence the neuron's activation on the concept is the maximum over the span's tokens; the
-selectivity AUC compares those with the neuron's activation on every token outside the spans.
+selectivity AUC compares those with the neuron's activation on tokens outside the spans (a bounded sample).
+Only the asked-for neurons are kept, and every site is read in the same forward passes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-
 from neuron_core.corpus import ConceptProbes, ProbeExample, load_probes
 
 __all__ = ["ProbeActivations", "probe_selectivity"]
@@ -24,61 +24,78 @@ __all__ = ["ProbeActivations", "probe_selectivity"]
 
 @dataclass
 class ProbeActivations:
-    """Span-max activations per concept ([n_sentences, N] each) and the activations of non-span tokens."""
+    """For one site: span-max activations per concept ([n_sentences, n_kept] each), background activations of
+    non-span tokens ([n_background, n_kept]), and which neuron each column is."""
 
     site: str
+    columns: dict[int, int]
     concepts: dict[str, np.ndarray]
     examples: dict[str, list[ProbeExample]]
-    background: np.ndarray  # [n_tokens, N]
+    background: np.ndarray
+
+    def neuron(self, neuron: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        col = self.columns[neuron]
+        return {c: v[:, col] for c, v in self.concepts.items()}, self.background[:, col]
 
     @classmethod
-    def compute(cls, interface: Any, site: str, probes: dict[str, ConceptProbes] | None = None,
-                split: str = "held_out", batch_size: int = 32) -> ProbeActivations:
+    def compute(cls, interface: Any, site_neurons: dict[str, list[int]],
+                probes: dict[str, ConceptProbes] | None = None, split: str = "held_out", chunk: int = 64,
+                max_background: int = 4000) -> dict[str, ProbeActivations]:
         from neuron_core.capture import ActivationMonitor
 
         probes = probes if probes is not None else load_probes()
         examples = {name: (p.held_out if split == "held_out" else p.all) for name, p in probes.items()}
         flat = [(name, ex) for name, exs in examples.items() for ex in exs]
-        record = ActivationMonitor(interface).capture([ex.text for _, ex in flat], sites=[site],
-                                                     batch_size=batch_size, overflow="truncate")
-        acts = record[site].numpy()  # [T, N]
+        monitor = ActivationMonitor(interface)
+        sites = monitor.resolver.resolve_many(list(site_neurons))
+        keep = {s.name: list(site_neurons[key]) for s, key in zip(sites, site_neurons)}
+        spans: dict[str, dict[str, list[np.ndarray]]] = {s.name: {c: [] for c in examples} for s in sites}
+        background: dict[str, list[np.ndarray]] = {s.name: [] for s in sites}
+        n_background = 0
         tok = interface.tokenizer
-        per_concept: dict[str, list[np.ndarray]] = {name: [] for name in examples}
-        background = []
-        start = 0
-        for doc, (name, ex) in enumerate(flat):
-            n = int((record.doc_ids == doc).sum())
-            offsets = np.array(tok(ex.text, return_offsets_mapping=True)["offset_mapping"][:n])
-            rows = acts[start:start + n]
-            in_span = (offsets[:, 0] < ex.end) & (offsets[:, 1] > ex.start) if len(offsets) == n else \
-                np.zeros(n, dtype=bool)
-            if in_span.any():
-                per_concept[name].append(rows[in_span].max(0))
-            background.append(rows[~in_span])
-            start += n
-        concepts = {name: np.stack(v) for name, v in per_concept.items() if v}
-        return cls(record._key(site), concepts, examples, np.concatenate(background))
+        for lo in range(0, len(flat), chunk):
+            part = flat[lo:lo + chunk]
+            record = monitor.capture([ex.text for _, ex in part], sites=sites, batch_size=32, overflow="truncate")
+            doc_ids = record.doc_ids.numpy()
+            for doc, (name, ex) in enumerate(part):
+                rows = np.nonzero(doc_ids == doc)[0]
+                offsets = np.array(tok(ex.text, return_offsets_mapping=True)["offset_mapping"][:len(rows)])
+                in_span = (offsets[:, 0] < ex.end) & (offsets[:, 1] > ex.start) if len(offsets) == len(rows) \
+                    else np.zeros(len(rows), dtype=bool)
+                for s in sites:
+                    acts = record[s.name][rows][:, keep[s.name]].numpy()  # [n_tok, n_kept]
+                    if in_span.any():
+                        spans[s.name][name].append(acts[in_span].max(0))
+                    if n_background < max_background:
+                        background[s.name].append(acts[~in_span])
+                n_background += int((~in_span).sum())
+        out = {}
+        for s in sites:
+            cols = {n: i for i, n in enumerate(keep[s.name])}
+            concepts = {c: np.stack(v) for c, v in spans[s.name].items() if v}
+            bg = np.concatenate(background[s.name]) if background[s.name] else np.zeros((0, len(cols)))
+            out[s.name] = cls(s.name, cols, concepts, examples, bg)
+        return out
 
 
-def probe_selectivity(interface: Any, site: str, neurons: list[int], probes: dict[str, ConceptProbes] | None = None,
-                      activations: ProbeActivations | None = None) -> Any:
+def _auc(values: np.ndarray, background_sorted: np.ndarray) -> float:
+    lo = np.searchsorted(background_sorted, values, side="left")
+    hi = np.searchsorted(background_sorted, values, side="right")
+    return float(((lo + hi) / 2).mean() / max(len(background_sorted), 1))
+
+
+def probe_selectivity(interface: Any, site: str, neurons: list[int], probes: dict[str, ConceptProbes] | None = None
+                      ) -> Any:
     """DataFrame (neuron, concept, median, mean, auc): the neuron's span activations per concept, and the
     probability that a concept span out-activates a random non-span token."""
     import pandas as pd
 
-    pa = activations or ProbeActivations.compute(interface, site, probes)
+    pa = next(iter(ProbeActivations.compute(interface, {site: list(neurons)}, probes).values()))
     rows = []
-    bg = pa.background
     for neuron in neurons:
-        b = np.sort(bg[:, neuron])
-        for concept, vals in pa.concepts.items():
-            v = vals[:, neuron]
-            # AUC via ranks: share of background values below each span value (ties half)
-            lo = np.searchsorted(b, v, side="left")
-            hi = np.searchsorted(b, v, side="right")
-            auc = float(((lo + hi) / 2).mean() / max(len(b), 1))
+        concepts, bg = pa.neuron(neuron)
+        b = np.sort(bg)
+        for concept, v in concepts.items():
             rows.append({"neuron": neuron, "concept": concept, "median": float(np.median(v)),
-                         "mean": float(v.mean()), "auc": auc})
+                         "mean": float(v.mean()), "auc": _auc(v, b)})
     return pd.DataFrame(rows)
-
-
