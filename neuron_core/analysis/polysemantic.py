@@ -97,7 +97,7 @@ class DetectorConfig:
     ablation: bool = True
     """Measure each mode's loss change under zero-ablation (causal LMs, for detected neurons only)."""
     ablation_contexts: int = 8
-    ablation_max_neurons: int = 16
+    ablation_max_neurons: int = 8
     """Measure effects for at most this many detected neurons (the highest scoring)."""
     window_before: int = 8
     window_after: int = 2
