@@ -106,7 +106,7 @@ def main() -> None:
           f"device {device}; torch {torch.__version__}")
     print(f"model: GPT2Config() random weights (12 layers, 3072 neurons/layer); {len(batches)} batches of "
           f"{args.batch_size}x{args.seq} = {n_tokens} tokens; {args.rounds} interleaved rounds, medians\n")
-    print(f"| variant | median s | tokens/s | time ratio vs hf forward |")
+    print("| variant | median s | tokens/s | time ratio vs hf forward |")
     print("|---|---:|---:|---:|")
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -61,6 +61,7 @@ __all__ = [
     "NeuronProfile",
     "ProfileMismatchError",
     "RunFolder",
+    "RunFolderError",
     "Segment",
     "Site",
     "SiteProfile",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from neuron_core.batching import Batch, Overflow, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id
 from neuron_core.errors import EmptyInputError, InputError, UnknownSiteError
 from neuron_core.sites import Site, SiteResolver
 

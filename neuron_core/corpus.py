@@ -196,8 +196,8 @@ def _hf_corpus(spec: str, text_field: str) -> Corpus:
     try:
         import datasets  # optional dependency
     except ImportError:
-        raise CorpusError("Hugging Face datasets need the `datasets` package: pip install 'neuron-workbench[datasets]'")\
-            from None
+        raise CorpusError(
+            "Hugging Face datasets need the `datasets` package: pip install 'neuron-workbench[datasets]'") from None
     try:
         ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"

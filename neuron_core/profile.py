@@ -26,7 +26,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from neuron_core.batching import Batch, Overflow, Segment, check_overflow, encode_one, make_batches, pad_token_id, split_ids
+from neuron_core.batching import (
+    Batch,
+    Overflow,
+    Segment,
+    check_overflow,
+    encode_one,
+    make_batches,
+    pad_token_id,
+    split_ids,
+)
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError

@@ -9,7 +9,8 @@ Usage::
     state = stats.state_dict(); SiteStats.from_state_dict(state)
 
 One protocol for every piece (``add``, ``merge``, ``state_dict``/``load``, ``to(device)``): moments (Chan/Welford in
-float64), min/max, fraction active, a signed log-spaced histogram (2**hist_bits bins per octave), and three kept example sets: the top-k, the
+float64), min/max, fraction active, a signed log-spaced histogram (2**hist_bits bins per octave), and three kept
+example sets: the top-k, the
 bottom-k, and a uniform random sample of active tokens (a bottom-k sketch over a hash of (document, position), so
 it merges exactly and does not depend on batching). Statistics don't know about hooks.
 """
@@ -226,7 +227,8 @@ class ExampleSet:
 class SiteStats:
     """All streaming statistics of one site (see the module docstring). Tensors live on ``device``."""
 
-    def __init__(self, n_neurons: int, *, device: torch.device | str = "cpu", config: StatsConfig | None = None) -> None:
+    def __init__(self, n_neurons: int, *, device: torch.device | str = "cpu",
+                 config: StatsConfig | None = None) -> None:
         self.config = config or StatsConfig()
         self.n_neurons = n_neurons
         self.device = torch.device(device)

@@ -23,7 +23,8 @@ Method, per neuron:
 5. null: the same procedure on ``n_null`` random sets of contexts drawn from all analysed neurons' contexts; the
    p-value is the share of null scores at least as high (with the +1 correction), the z-score is against their mean;
 6. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
-   tokens; modes named after the same concept are merged before scoring (``merge_same_concept``); 7. for detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
+   tokens; modes named after the same concept are merged before scoring (``merge_same_concept``);
+7. for detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
    each mode's contexts.
 """
 
@@ -233,12 +234,14 @@ def _strengths(values: np.ndarray, clustering: _Clustering) -> np.ndarray:
 def _score(X: np.ndarray, clustering: _Clustering, cfg: DetectorConfig, values: np.ndarray) -> tuple[float, float]:
     """(score, separation) of a clustering; one mode scores (0, 0).
 
-    Each mode weighs share x strength**strength_power, where strength compares its peak activation with the strongest mode's:
+    Each mode weighs share x strength**strength_power, where strength compares its peak activation with the
+    strongest mode's:
     a neuron is polysemantic when it fires on several things *about as strongly*, not when a weak side-response
     (e.g. to word fragments) sits beside one concept."""
     if len(clustering.modes) < 2:
         return 0.0, 0.0
-    p = np.array([clustering.weights[c] for c in clustering.modes]) * _strengths(values, clustering) ** cfg.strength_power
+    weights = np.array([clustering.weights[c] for c in clustering.modes])
+    p = weights * _strengths(values, clustering) ** cfg.strength_power
     p = p / p.sum()
     balance = min(1.0, (1.0 - float((p ** 2).sum())) / 0.5)
     cents = _centroids(X, clustering)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from neuron_core import ActivationMonitor, ModelInterface, profile
+from neuron_core import ActivationMonitor, InputError, ModelInterface, profile
 from neuron_core.analysis import (
     cluster_neurons,
     direct_effect,
@@ -122,5 +122,5 @@ def test_cluster_neurons_recovers_planted_groups():
     assert len(set(labels)) == 3
     for group in (range(0, 4), range(4, 8), range(8, 12)):
         assert len({labels[clusters.neurons.index(n)] for n in group}) == 1
-    with pytest.raises(Exception):
+    with pytest.raises(InputError):
         cluster_neurons(record, "s", n_clusters=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neuron_core import ActivationMonitor, CorpusTooSmallError, InputError, ModelInterface, load_model, profile
-from neuron_core.analysis import DetectorConfig, PolysemanticDetector, PolysematicDetector, PolysemanticNeuron
+from neuron_core.analysis import DetectorConfig, PolysemanticDetector, PolysemanticNeuron, PolysematicDetector
 from neuron_core.corpus import builtin_corpus, load_probes
 from tests.neuron_core.planting import auc, plant
 
