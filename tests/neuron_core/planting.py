@@ -61,7 +61,8 @@ def plant(lm, layer: int = 6, n_or: int = 6, n_single: int = 8, first_neuron: in
 
     gate_proj[n] = 1.5 w, with w a ridge readout of the MLP input (+target on the concepts' tokens, -target
     elsewhere, classes balanced, the concepts re-weighted until the mean readout is about equal on each);
-    up_proj[n] = the mean MLP input direction, scaled so that up.x is about 4 on average. The activation is then about 4 silu(1.5 w.x): large on the concepts, near zero elsewhere.
+    up_proj[n] = the mean MLP input direction, scaled so that up.x is about 4 on average. The activation is then
+    about 4 silu(1.5 w.x): large on the concepts, near zero elsewhere.
     """
     probes: dict[str, ConceptProbes] = load_probes()
     names = sorted({c for pair in OR_PAIRS[:n_or] for c in pair} | set(SINGLES[:n_single]))
