@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m neuron_core profile --model smollm2-135m --layer 6 --max-tokens 20000
+	$(BIN)/python -m workflows.run "investigate layer 6 of smollm2-135m" --llm auto
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || bash tests/browser_setup.sh

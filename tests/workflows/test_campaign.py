@@ -1,0 +1,76 @@
+"""Campaigns (a YAML list of requests into one folder) and the chat session, on a tiny model, scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from agents import WorkbenchSettings
+from neuron_core import ModelInterface
+from tests.conftest import make_tiny_gpt2
+from workflows.campaign import load_campaign, run_campaign
+from workflows.chat import ChatSession
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tok):
+    return {"tiny-gpt2": ModelInterface(make_tiny_gpt2(tok, n_layer=2), tokenizer=tok, name="tiny-gpt2")}
+
+
+def _settings(tmp_path):
+    return WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(tmp_path), max_tokens=1200, max_neurons=6,
+                             top_n=2, embedder="hidden", detector_n_null=20, detector_ablation=False)
+
+
+def test_load_campaign_forms_and_errors(tmp_path):
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("- investigate layer 1 of tiny-gpt2\n- explain neuron 1/3 of tiny-gpt2\n")
+    c = load_campaign(plain)
+    assert c.name == "plain" and [i.request for i in c.requests][1] == "explain neuron 1/3 of tiny-gpt2"
+    mapped = tmp_path / "mapped.yaml"
+    mapped.write_text("name: two\ndefaults: {max_tokens: 900, llm: scripted}\nrequests:\n"
+                      "  - investigate layer 0 of tiny-gpt2\n  - {request: investigate layer 1 of tiny-gpt2, "
+                      "max_tokens: 1000}\n")
+    c = load_campaign(mapped)
+    assert [(i.max_tokens, i.llm) for i in c.requests] == [(900, "scripted"), (1000, "scripted")]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("requests:\n  - {request: x, colour: blue}\n")
+    with pytest.raises(ValueError, match="colour"):
+        load_campaign(bad)
+    with pytest.raises(ValueError, match="not found"):
+        load_campaign(tmp_path / "missing.yaml")
+
+
+def test_campaign_runs_every_request_into_one_folder(tmp_path, tiny_models):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: tiny\nrequests:\n  - investigate layer 1 of tiny-gpt2\n"
+                    "  - explain neuron 0/5 of tiny-gpt2\n  - investigate layer 9 of tiny-gpt2\n")
+    lines = []
+    folder, results = asyncio.run(run_campaign(load_campaign(spec), tmp_path / "out", _settings(tmp_path),
+                                               echo=lines.append, models=tiny_models))
+    assert [r.status for r in results] == ["done", "done", "failed"]
+    assert results[2].exit_code == 2 and "out of range" in results[2].reason
+    assert all(Path(r.run_dir).parent == folder for r in results)
+    summary = json.loads((folder / "campaign.json").read_text())
+    assert [r["status"] for r in summary["results"]] == ["done", "done", "failed"]
+    assert "| 1 | investigate layer 1 of tiny-gpt2 | done | [report](" in (folder / "campaign.md").read_text()
+    explain = json.loads(Path(results[1].run_dir, "findings.json").read_text())["findings"]
+    assert any(f["neurons"] == ["L0/N5"] and f["kind"] in ("polysemantic", "neuron_verdict") for f in explain)
+    assert lines[0].startswith("[1/3]")
+
+
+def test_chat_session_investigates_and_answers(tmp_path, tiny_models):
+    said: list[str] = []
+    session = ChatSession(_settings(tmp_path), out=str(tmp_path), models=tiny_models, say=said.append)
+    session.loop(["/findings", "investigate layer 1 of tiny-gpt2", "/findings layer_summary", "/examples L1/N3",
+                  "/neuron L1/N250", "/bogus", "/quit", "never read"])
+    text = "\n".join(said)
+    assert "no investigation yet" in said[0]
+    assert "done:" in text and "[DONE]" in text
+    assert "[layer_summary] Layer L1" in text or "[layer_summary] <data>Layer L1" in text
+    assert "<data>" in text  # corpus text is quoted as data
+    assert "unknown command '/bogus'" in text
+    assert "never read" not in text

@@ -1,0 +1,691 @@
+"""The controller: runs an investigation through the StateFlow states with one acting agent per state.
+
+Usage::
+
+    result = asyncio.run(Investigation(RunOptions(request="investigate layer 6 of smollm2-135m"),
+                                       WorkbenchSettings(llm="scripted")).run())
+    result.status, result.exit_code, result.report          # 'done', 0, 'runs/2026...-investigate-layer-6/report.md'
+
+The controller owns the transitions (``workflows.stateflow``); agents propose, it decides. With a tool-calling LLM
+the state's agent calls its own tools and the controller checks what the state must leave behind; with a prose-only
+LLM (local, or a compatible server without tool calls) or the scripted policy, the controller runs the state's tools
+with the plan's arguments and the agent only writes prose. The whole run is bounded by ``asyncio.wait_for`` (never a
+CancellationToken during a tool call: autogen#7956); budgets stop it cleanly with a partial report.
+
+Exit codes: 0 done, 1 failed, 2 request rejected (impossible, unknown model, bad settings), 3 stopped (a budget ran
+out, or the LLM became unavailable) with a partial report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agents import (
+    ROLES,
+    AgentRunner,
+    AgentTurn,
+    AutoGenRunner,
+    Choice,
+    GuardedClient,
+    LLMUnavailable,
+    Plan,
+    PlanError,
+    Role,
+    ScriptedRunner,
+    TurnFacts,
+    WorkbenchSettings,
+    choose_backend,
+    extract_json,
+    make_client,
+    parse_request,
+    refine_plan,
+    run_in_thread,
+    strip_proposal,
+    validate_plan,
+)
+from agents.runner import default_torch_threads, set_worker_threads
+from agents.scripted import layer_phrase, mode_list
+from agents.tasks import analyst_task, capturer_task, critic_task, planner_task, visualizer_task
+from neuron_core.store import RunFolder
+from tools import ReportInput, ToolCallRecord, ToolContext, ToolOutcome, call_tool, check_claims, remove_sentences
+from tools.claims import split_sentences
+from tools.figures import FIGURE_KINDS
+from tools.polysemantic import load_detections
+from workflows.stateflow import Budget, BudgetExceeded, BudgetTracker, State, StateMachine, Trace
+
+__all__ = ["Investigation", "RunOptions", "RunResult", "EXIT_OK", "EXIT_FAILED", "EXIT_REJECTED", "EXIT_STOPPED"]
+
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED = 0, 1, 2, 3
+DEFAULT_MODEL = "smollm2-135m"
+PROSE_SENTENCES = 3  # sentences kept from a prose-only model's narrative
+VERDICT_SENTENCES = 1  # ... and from its verdict
+
+
+_FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
+
+
+_REPEAT = re.compile(r"(\S+(?:,? ))\1{2,}")  # the same item three times in a row: a small model looping
+
+
+def _tidy(text: str, max_sentences: int) -> str:
+    """A prose-only model's text: fence markers removed, cut where it starts looping, the first sentences kept and
+    a trailing fragment dropped."""
+    text = _FENCE_BITS.sub("", text)
+    loop = _REPEAT.search(text)
+    if loop:
+        text = text[:loop.start()]
+    sentences = split_sentences(text)
+    if len(sentences) > 1 and not sentences[-1].rstrip().endswith((".", "!", "?", ":", ")")):
+        sentences = sentences[:-1]
+    return " ".join(sentences[:max_sentences]).strip()
+
+
+class RequestRejected(Exception):  # noqa: N818
+    """The request cannot be carried out (impossible layer, unknown model): the run ends before any capture."""
+
+
+class StateFailure(Exception):  # noqa: N818
+    """A recoverable failure of a state: ERROR, then a bounded retry with this message shown to the agent."""
+
+
+class Fatal(Exception):  # noqa: N818
+    """An unrecoverable failure (a tool error that retrying cannot fix)."""
+
+
+@dataclass
+class RunOptions:
+    """What the CLI passes: the request and the explicit flags (which win over the parser and the Planner)."""
+
+    request: str
+    model: str | None = None
+    layers: list[int] | None = None
+    corpus: str | None = None
+    max_tokens: int | None = None
+    max_neurons: int | None = None
+    top_n: int | None = None
+    llm: str | None = None
+    out: str | None = None
+    resume: str | None = None
+    device: str | None = None
+    seed: int = 0
+    embedder: str | None = None
+
+
+class RunResult(BaseModel):
+    status: Literal["done", "failed", "stopped"]
+    exit_code: int
+    reason: str
+    run_dir: str | None = None
+    report: str | None = None
+    backend: str = ""
+    states: list[str] = []
+
+
+@dataclass
+class Step:
+    """What a state's handler returns: the controller's next state and the agent's proposal (if any)."""
+
+    next: State
+    agent: str = "controller"
+    proposal: str | None = None
+    acceptable: frozenset[State] = field(default_factory=frozenset)
+
+
+class Investigation:
+    """One run. ``models`` is a cache of loaded models by name, filled as models load (pass one dict to several runs
+    to load each model once; tests put tiny models in it); ``client`` replaces the backend's raw LLM client."""
+
+    def __init__(self, options: RunOptions, settings: WorkbenchSettings | None = None, *,
+                 models: dict[str, Any] | None = None, client: Any = None, runner: AgentRunner | None = None,
+                 echo: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.options = options
+        self.settings = settings or WorkbenchSettings()
+        self.models = models if models is not None else {}  # shared: loaded models stay for the next run
+        self.raw_client = client
+        self.runner: AgentRunner | None = runner
+        self.echo = echo
+        self.choice: Choice | None = None
+        self.plan: Plan | None = None
+        self.model_info: dict[str, Any] = {}
+        self.narrative = ""
+        self.critic_text = ""
+        self.feedback = ""
+        self.caveats: list[str] = []
+        self.method_notes: list[str] = []
+        self.errors: dict[State, str] = {}
+        self.report_path: str | None = None
+        self.reason = ""
+        self.status: Literal["done", "failed", "stopped"] = "failed"
+        self.exit_code = EXIT_FAILED
+        self.figures_done: set[tuple[str, int | None, str | None]] = set()
+        self.limits: dict[str, dict[str, float]] = {}
+        self.visualized_at = -1
+        self.guarded: GuardedClient | None = None
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        s, o = self.settings, self.options
+        self.choice = choose_backend(s, o.llm)
+        set_worker_threads(s.torch_threads or default_torch_threads())
+        if o.resume:
+            if not Path(o.resume, "manifest.json").exists():
+                raise ValueError(f"cannot resume {o.resume!r}: no manifest.json there")
+            self.folder = RunFolder(o.resume)
+            stored = self.folder.read_json("manifest.json").get("request")
+            if stored:
+                self.options.request = stored  # the resumed run's own request (its plan is read in PLAN)
+        else:
+            self.folder = RunFolder.create(o.out or s.runs_dir, slug=o.request[:60])
+        self.trace = Trace(self.folder, secrets=s.secrets(), echo=self.echo)
+        self.ctx = ToolContext(self.folder, device=o.device or s.device, embedder=o.embedder or s.embedder, seed=o.seed,
+                               n_null=s.detector_n_null, ablation=s.detector_ablation, models=self.models,
+                               on_call=self._on_tool)
+        self.budget = BudgetTracker(Budget(s.max_llm_calls, s.max_llm_tokens, s.max_wall_seconds))
+        self.machine = StateMachine(max_revisions=s.max_revisions, max_retries=s.max_state_retries,
+                                    on_event=self.trace.event)
+        self.trace.event("run_start", request=o.request, backend=self.choice.backend, why=self.choice.reason,
+                         tool_calling=self.choice.tool_calling, settings=s.model_dump(mode="json"))
+        if self.runner is None:
+            if not self.choice.uses_llm:
+                self.runner = ScriptedRunner()
+            else:
+                raw = self.raw_client if self.raw_client is not None else make_client(self.choice, s)
+                assert raw is not None  # only the scripted backend has no client
+                self.guarded = GuardedClient(raw, before_call=self.budget.before_llm_call,
+                                             after_call=self.budget.after_llm_call, max_retries=s.llm_max_retries,
+                                             base_delay=s.llm_retry_base_delay, max_delay=s.llm_retry_max_delay,
+                                             on_event=self.trace.event)
+                self.runner = AutoGenRunner(self.guarded, self.ctx, name=self.choice.backend,
+                                            tool_calling=self.choice.tool_calling,
+                                            max_tool_iterations=s.max_tool_iterations, on_event=self.trace.event,
+                                            limits=self.limits)
+
+    def _on_tool(self, record: ToolCallRecord) -> None:
+        self.trace.event("tool_call", **record.model_dump(mode="json"))
+
+    @property
+    def uses_llm(self) -> bool:
+        return isinstance(self.runner, AutoGenRunner)
+
+    @property
+    def tool_calling(self) -> bool:
+        return bool(self.runner is not None and self.runner.tool_calling)
+
+    # ------------------------------------------------------------------------------------------ the loop
+    async def run(self) -> RunResult:
+        try:
+            self._setup()
+        except ValueError as exc:  # a backend that cannot work as configured
+            return RunResult(status="failed", exit_code=EXIT_REJECTED, reason=str(exc))
+        try:
+            await asyncio.wait_for(self._loop(), timeout=self.settings.max_wall_seconds)
+        except TimeoutError:
+            self._stop("wall_time", f"wall-time budget of {self.settings.max_wall_seconds:g}s exhausted")
+        finally:
+            if self.guarded is not None:
+                try:
+                    await self.guarded.close()
+                except Exception as exc:  # noqa: BLE001 - closing must not hide the run's result
+                    self.trace.event("close_error", error=str(exc))
+        return self._result()
+
+    def _result(self) -> RunResult:
+        states = [a.value for a, _ in self.machine.history] + ([self.machine.state.value] if self.machine.history
+                                                               else [])
+        self.trace.event("run_end", status=self.status, exit_code=self.exit_code, reason=self.reason,
+                         budget=self.budget.snapshot(), report=self.report_path)
+        self._manifest()
+        return RunResult(status=self.status, exit_code=self.exit_code, reason=self.reason,
+                         run_dir=str(self.folder.root), report=self.report_path,
+                         backend=self.choice.backend if self.choice else "", states=states)
+
+    async def _loop(self) -> None:
+        machine = self.machine
+        machine.go(State.PLAN, reason=f"backend {self.choice.backend if self.choice else '?'}")
+        handlers = {State.PLAN: self._plan, State.CAPTURE: self._capture, State.ANALYZE: self._analyze,
+                    State.VISUALIZE: self._visualize, State.CRITIQUE: self._critique, State.REVISE: self._revise,
+                    State.REPORT: self._report}
+        while not machine.done:
+            state = machine.state
+            try:
+                self.budget.check()
+                step = await handlers[state]()
+                self._advance(step)
+            except BudgetExceeded as exc:
+                self._stop(exc.which, str(exc))
+            except LLMUnavailable as exc:
+                self._stop("llm", str(exc))
+            except RequestRejected as exc:
+                self._fail(str(exc), EXIT_REJECTED)
+            except Fatal as exc:
+                self._fail(str(exc), EXIT_FAILED)
+            except StateFailure as exc:
+                self.errors[state] = str(exc)
+                machine.go(State.ERROR, reason=str(exc))
+                problem = machine.why_not(state)
+                if problem is None:
+                    machine.go(state, reason="retry with the error shown to the agent")
+                else:
+                    self._fail(f"{state} failed: {exc} ({problem})", EXIT_FAILED)
+            except Exception as exc:  # noqa: BLE001 - a bug: recorded with its traceback, the run fails cleanly
+                self.trace.event("internal_error", state=state.value, error=repr(exc),
+                                 traceback=traceback.format_exc(limit=8))
+                self._fail(f"internal error in {state}: {type(exc).__name__}: {exc}", EXIT_FAILED)
+
+    def _advance(self, step: Step) -> None:
+        machine = self.machine
+        proposal = step.proposal
+        if proposal and proposal != step.next.value:
+            if proposal in {s.value for s in step.acceptable} and machine.propose(proposal, by=step.agent):
+                return
+            if proposal not in {s.value for s in step.acceptable}:
+                problem = machine.why_not(proposal)
+                if problem is not None:
+                    machine.propose(proposal, by=step.agent)  # refused and recorded
+                else:
+                    self.trace.event("proposal_overridden", by=step.agent, frm=machine.state.value, to=proposal,
+                                     reason=f"the controller goes to {step.next.value}")
+        machine.go(step.next, by=step.agent if proposal == step.next.value else "controller")
+
+    # ------------------------------------------------------------------------------------------ endings
+    def _checked(self, text: str, where: str) -> str:
+        """``text`` without sentences that fail the findings check (each listed among the caveats)."""
+        if not text.strip():
+            return text
+        check = check_claims(text, self.ctx.findings.all(), ignore=self._names())
+        clean, removed = remove_sentences(text, check.issues)
+        for issue in check.issues:
+            self.caveats.append(f"Removed from the {where}: \"{issue.sentence}\" ({'; '.join(issue.problems)})")
+        return clean
+
+    def _partial_report(self, status: Literal["partial", "failed"]) -> None:
+        if self.plan is None:
+            return
+        try:
+            self.narrative = self._checked(self.narrative, "summary")
+            self._write_report(status)
+        except Exception as exc:  # noqa: BLE001 - the stop must still end cleanly; the trace says why
+            self.trace.event("report_error", error=repr(exc), traceback=traceback.format_exc(limit=6))
+
+    def _stop(self, which: str, message: str) -> None:
+        self.reason = f"stopped: {message}"
+        self.trace.event("stop", which=which, reason=message, budget=self.budget.snapshot())
+        if not self.machine.done:
+            self.machine.go(State.STOPPED, reason=message)
+        self._partial_report("partial")
+        self.status, self.exit_code = "stopped", EXIT_STOPPED
+
+    def _fail(self, message: str, code: int) -> None:
+        self.reason = message
+        if not self.machine.done:
+            self.machine.go(State.FAILED, reason=message)
+        if self.ctx.profile is not None or self.ctx.findings.all():
+            self._partial_report("failed")
+        self.status, self.exit_code = "failed", code
+
+    def _manifest(self) -> None:
+        plan = self.plan.model_dump(mode="json") if self.plan else None
+        model_hash = None
+        if self.ctx.interface is not None:
+            try:
+                model_hash = self.ctx.interface.loaded.weights_hash()
+            except Exception as exc:  # noqa: BLE001 - a manifest without a hash is still a manifest
+                model_hash = f"unavailable: {exc}"
+        self.folder.write_manifest(request=self.options.request, plan=plan, backend=self.choice.backend if self.choice
+                                else None, backend_reason=self.choice.reason if self.choice else None,
+                                model=self.model_info or None, model_hash=model_hash, seed=self.options.seed,
+                                status=self.status, exit_code=self.exit_code, reason=self.reason,
+                                states=[b.value for _, b in self.machine.history],
+                                refused_transitions=self.machine.refused, revisions=self.machine.revisions,
+                                budget=self.budget.snapshot(), report=self.report_path)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _names(self) -> list[str]:
+        names = [self.plan.model if self.plan else "", self.options.model or ""]
+        if self.ctx.profile is not None:
+            names += [str(self.ctx.profile.meta.get("model", "")), str(self.ctx.profile.meta.get("corpus", ""))]
+        if self.plan is not None:
+            names.append(self.plan.corpus)
+        return [n for n in names if n]
+
+    def _facts(self, **extra: Any) -> TurnFacts:
+        return TurnFacts(plan=self.plan, findings=self.ctx.findings.all(), model=self.plan.model if self.plan else "",
+                         **extra)
+
+    async def _turn(self, role: Role, task: str, facts: TurnFacts) -> AgentTurn:
+        """One turn of ``role``'s agent (the AutoGen adapter traces its own messages; the scripted policy's here)."""
+        assert self.runner is not None
+        turn = await self.runner.turn(role, task, facts)
+        if not self.uses_llm:
+            self.trace.event("message", agent=role.name, type="scripted", content=turn.text[:4000])
+        return turn
+
+    async def _tool(self, name: str, args: dict[str, Any], caller: str) -> ToolOutcome:
+        return await run_in_thread(call_tool, self.ctx, name, args, caller=caller)
+
+    async def _require(self, name: str, args: dict[str, Any], caller: str) -> Any:
+        """Run a tool for the state; its failure fails the state (recoverable) or the run (unrecoverable)."""
+        outcome = await self._tool(name, args, caller)
+        if outcome.ok:
+            return outcome.result
+        assert outcome.error is not None
+        if outcome.error.recoverable:
+            raise StateFailure(outcome.error.line())
+        raise Fatal(outcome.error.line())
+
+    def _sites(self) -> list[str]:
+        assert self.plan is not None and self.ctx.interface is not None
+        return [self.ctx.interface.resolve(layer).name for layer in self.plan.layers]
+
+    # ------------------------------------------------------------------------------------------ states
+    async def _plan(self) -> Step:
+        o, s = self.options, self.settings
+        error = self.errors.pop(State.PLAN, "")
+        if o.resume and self.plan is None and self.folder.path_for("manifest.json").exists():
+            stored = self.folder.read_json("manifest.json").get("plan")
+            if stored:
+                self.plan = Plan.model_validate(stored)
+        try:
+            draft = self.plan or parse_request(o.request, default_model=o.model or DEFAULT_MODEL,
+                                               max_tokens=o.max_tokens or s.max_tokens,
+                                               max_neurons=o.max_neurons or s.max_neurons, top_n=o.top_n or s.top_n)
+        except PlanError as exc:
+            raise RequestRejected(str(exc)) from None
+        draft = self._overrides(draft)
+        self.trace.event("plan_draft", plan=draft.model_dump(mode="json"))
+        loaded = await self._tool("load_model", {"model": draft.model, "device": draft.device}, "planner")
+        if not loaded.ok:
+            assert loaded.error is not None
+            raise RequestRejected(loaded.error.message)
+        info = loaded.result
+        self.model_info = info.model_dump(exclude={"headline"})
+        try:
+            plan = validate_plan(draft, n_layers=info.n_layers, d_mlp=info.d_mlp, model_name=draft.model)
+        except PlanError as exc:
+            raise RequestRejected(str(exc)) from None
+        proposal = None
+        if self.tool_calling:  # a capable LLM may refine the parsed plan; the result is validated the same way
+            turn = await self._turn(ROLES["planner"], planner_task(plan, self.model_info, error),
+                                    self._facts(error=error))
+            proposal = turn.proposal
+            try:
+                refined = refine_plan(plan, extract_json(turn.text))
+                refined = self._overrides(refined)
+                refined = validate_plan(refined, n_layers=info.n_layers, d_mlp=info.d_mlp, model_name=plan.model)
+                if refined.model_dump() != plan.model_dump():
+                    refined.notes.append("refined by the Planner")
+                plan = refined
+            except (ValueError, PlanError) as exc:
+                if self.machine.retries.get(State.PLAN, 0) < self.settings.max_state_retries:
+                    raise StateFailure(f"the plan reply was not usable: {exc}") from None
+                self.caveats.append(f"The Planner's refinement was not usable ({exc}); the parsed plan was used.")
+        self.plan = plan
+        self.method_notes = list(plan.notes)
+        if self.uses_llm:
+            self.limits["profile_corpus"] = {"max_tokens": plan.max_tokens}
+            self.limits["detect_polysemantic"] = {"max_neurons": plan.max_neurons}
+        self.trace.event("plan", plan=plan.model_dump(mode="json"))
+        self._manifest()
+        layer_numbers = {f"layer {layer}": layer for layer in plan.layers}
+        self.ctx.findings.add(
+            kind="run", artifact="manifest.json", source="controller",
+            claim=f"Plan: {plan.intent} {layer_phrase(plan.layers)} of {plan.model} ({info.n_layers} layers of "
+                  f"{info.d_mlp} neurons) on the {plan.corpus} corpus, up to {plan.max_tokens} tokens, the "
+                  f"{plan.max_neurons} most active neurons of each layer analysed, the top {plan.top_n} reported.",
+            numbers={"n_layers": info.n_layers, "d_mlp": info.d_mlp or 0, "max_tokens": plan.max_tokens,
+                     "max_neurons": plan.max_neurons, "top_n": plan.top_n} | layer_numbers)
+        return Step(State.CAPTURE, agent="planner", proposal=proposal)
+
+    def _overrides(self, plan: Plan) -> Plan:
+        o = self.options
+        update: dict[str, Any] = {}
+        if o.model:
+            update["model"] = o.model
+        if o.layers:
+            update["layers"] = list(o.layers)
+        if o.corpus:
+            update["corpus"] = o.corpus
+        if o.max_tokens:
+            update["max_tokens"] = o.max_tokens
+        if o.max_neurons:
+            update["max_neurons"] = o.max_neurons
+        if o.top_n:
+            update["top_n"] = o.top_n
+        update["device"] = o.device or self.settings.device
+        update["seed"] = o.seed
+        try:
+            return Plan.model_validate(plan.model_dump() | update)
+        except ValueError as exc:
+            raise RequestRejected(f"invalid option: {exc}") from None
+
+    async def _capture(self) -> Step:
+        plan = self.plan
+        assert plan is not None
+        error = self.errors.pop(State.CAPTURE, "")
+        args = {"layers": plan.layers, "corpus": plan.corpus, "max_tokens": plan.max_tokens,
+                "batch_size": plan.batch_size}
+        proposal = None
+        if self.tool_calling:
+            turn = await self._turn(ROLES["capturer"], capturer_task(plan, error), self._facts(error=error))
+            proposal = turn.proposal
+            prof = self.ctx.profile
+            if prof is None or set(prof.site_names) != set(self._sites()):
+                last = next((o.error.line() for o in reversed(turn.tool_calls) if o.error), "")
+                raise StateFailure("the planned layers were not profiled (call profile_corpus with the plan's "
+                                   f"layers){'; last tool error: ' + last if last else ''}")
+        else:
+            await self._require("profile_corpus", args, "capturer")
+        prof = self.ctx.profile
+        assert prof is not None
+        self.ctx.findings.add(
+            kind="run", artifact="profile/profile.json", source="profile_corpus",
+            claim=f"Profiled {prof.n_tokens} tokens from {int(prof.meta.get('n_docs', 0))} documents of the "
+                  f"{prof.meta.get('corpus')} corpus.",
+            numbers={"n_tokens": prof.n_tokens, "n_docs": int(prof.meta.get("n_docs", 0))})
+        return Step(State.ANALYZE, agent="capturer", proposal=proposal)
+
+    async def _run_analyses(self) -> None:
+        """The controller's ANALYZE tools (prose-only and scripted backends); skips what is already done."""
+        plan = self.plan
+        assert plan is not None
+        done = load_detections(self.ctx)
+        explain = plan.neuron_pairs()
+        for layer, site in zip(plan.layers, self._sites(), strict=True):
+            if "neuron_stats" in plan.analyses and not any(f"L{layer}:" in f.claim
+                                                           for f in self.ctx.findings.by_kind("layer_summary")):
+                await self._require("neuron_stats", {"layer": layer, "top": min(8, plan.top_n + 3)}, "analyst")
+            wanted = [n for lay, n in explain if lay == layer]
+            if "polysemantic" in plan.analyses and site not in done:
+                args: dict[str, Any] = {"layer": layer, "max_neurons": plan.max_neurons, "top_n": plan.top_n}
+                if wanted:
+                    args["neurons"] = wanted
+                await self._require("detect_polysemantic", args, "analyst")
+            if "logit_effects" in plan.analyses and not self.ctx.logit:
+                poly = [int(f.neurons[0].split("/N")[1]) for f in self.ctx.findings.by_kind("polysemantic")
+                        if f.neurons and f.neurons[0].startswith(f"L{layer}/")][: plan.top_n]
+                top = [int(r.split("/N")[1]) for f in self.ctx.findings.by_kind("top_neurons") for r in f.neurons
+                       if r.startswith(f"L{layer}/")][:3]
+                neurons = list(dict.fromkeys(wanted + poly + top))[:12]
+                if neurons and self.ctx.interface is not None and self.ctx.interface.loaded.is_causal_lm:
+                    await self._require("logit_effects", {"layer": layer, "neurons": neurons, "k": 8}, "analyst")
+
+    async def _analyze(self) -> Step:
+        plan = self.plan
+        assert plan is not None
+        error = self.errors.pop(State.ANALYZE, "")
+        role = ROLES["analyst"]
+        revising = bool(self.feedback)
+        if self.tool_calling:
+            task = analyst_task(plan, self.ctx.findings.all(), tool_calling=True, draft=self.narrative if revising
+                                else "", feedback=self.feedback, error=error)
+            turn = await self._turn(role, task, self._facts(error=error))
+            missing = []
+            if "polysemantic" in plan.analyses:
+                missing += [f"detect_polysemantic(layer={layer})" for layer, site in zip(plan.layers, self._sites(),
+                                                                                         strict=True)
+                            if site not in load_detections(self.ctx)]
+            if "neuron_stats" in plan.analyses and not self.ctx.findings.by_kind("layer_summary"):
+                missing.append("neuron_stats")
+            if missing:
+                raise StateFailure("the analyses were not completed; still to call: " + ", ".join(missing))
+            text = strip_proposal(turn.text)
+            if not text:
+                raise StateFailure("the Analyst wrote no narrative (end the turn with the narrative as text)")
+            proposal = turn.proposal
+        else:
+            await self._run_analyses()
+            facts = self._facts(draft=self.narrative, feedback=self.feedback, error=error)
+            prefill = self._prefill() if self.uses_llm else ""
+            task = analyst_task(plan, facts.findings, tool_calling=False, draft=self.narrative if revising else "",
+                                feedback=self.feedback, error=error, prefill=prefill)
+            turn = await self._turn(role, task, facts)
+            text, proposal = strip_proposal(turn.text), turn.proposal
+            if self.uses_llm:  # a small prose-only model drifts after a few sentences: keep the first ones
+                text = _tidy(text, PROSE_SENTENCES)
+        self.narrative = text
+        self.feedback = ""
+        self.trace.event("narrative", draft=text[:6000], revision=self.machine.revisions)
+        return Step(State.VISUALIZE, agent="analyst", proposal=proposal)
+
+    def _prefill(self) -> str:
+        """Start of a small model's answer, anchored in the findings (the local backend continues it)."""
+        assert self.plan is not None
+        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.numbers.get("score", 0.0))
+        where = f"In {layer_phrase(self.plan.layers)},"
+        if poly:
+            top = poly[0]
+            return (f"{where} neuron {top.neurons[0]} [{top.id}] has a polysemanticity score of "
+                    f"{top.numbers['score']:.2f} and {int(top.numbers['n_modes'])} modes: {mode_list(top)}. "
+                    "This suggests that")
+        return f"{where} no analysed neuron passed the polysemanticity test;"
+
+    async def _visualize(self) -> Step:
+        plan = self.plan
+        assert plan is not None
+        error = self.errors.pop(State.VISUALIZE, "")
+        if "figures" not in plan.analyses and "dashboard" not in plan.analyses:
+            return Step(State.CRITIQUE)
+        n_findings = len(self.ctx.findings)
+        if self.tool_calling and self.visualized_at == n_findings:
+            self.trace.event("skipped", state="VISUALIZE", reason="no new findings since the figures were made")
+            return Step(State.CRITIQUE)
+        self.visualized_at = n_findings
+        if self.tool_calling:
+            turn = await self._turn(ROLES["visualizer"], visualizer_task(plan, self.ctx.findings.all(), error),
+                                    self._facts(error=error))
+            pngs = list(self.folder.path_for("figures").glob("*.png"))
+            dashboard = self.folder.path_for("figures/dashboard/index.html").exists()
+            if not pngs or ("dashboard" in plan.analyses and not dashboard):
+                raise StateFailure("the figures were not made: " + ("no figure; " if not pngs else "")
+                                   + ("no dashboard (call make_dashboard)" if not dashboard else ""))
+            return Step(State.CRITIQUE, agent="visualizer", proposal=turn.proposal)
+        for kind, layer, neuron in self._figure_list():
+            if (kind, layer, neuron) in self.figures_done:
+                continue
+            args = {k: v for k, v in (("layer", layer), ("neuron", neuron)) if v is not None}
+            if kind == "dashboard":
+                outcome = await self._tool("make_dashboard", {"max_pages": max(8, 2 * plan.top_n)}, "visualizer")
+            else:
+                outcome = await self._tool("make_figure", {"kind": kind, **args}, "visualizer")
+            self.figures_done.add((kind, layer, neuron))
+            if not outcome.ok:
+                assert outcome.error is not None
+                if not outcome.error.recoverable:
+                    raise Fatal(outcome.error.line())
+                self.caveats.append(f"Figure {kind} was not drawn: {outcome.error.message}")
+        return Step(State.CRITIQUE, agent="visualizer")
+
+    def _figure_list(self) -> list[tuple[str, int | None, str | None]]:
+        plan = self.plan
+        assert plan is not None
+        out: list[tuple[str, int | None, str | None]] = []
+        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.numbers.get("score", 0.0))
+        if "figures" in plan.analyses:
+            for layer in plan.layers:
+                out.append(("heatmap", layer, None))
+                if any(f.neurons[0].startswith(f"L{layer}/") for f in poly):
+                    out.append(("highlight", layer, None))
+            out.append(("sparsity", None, None))
+            if poly:
+                out.append(("mode_shares", None, None))
+            focus = [f.neurons[0] for f in poly[:1]] + list(plan.neurons)
+            for ref in dict.fromkeys(focus):
+                out += [("token_activations", None, ref), ("histogram", None, ref)]
+            if self.ctx.logit:
+                out.append(("logit_effects", None, None))
+        if "dashboard" in plan.analyses:
+            out.append(("dashboard", None, None))
+        assert all(k in FIGURE_KINDS or k == "dashboard" for k, _, _ in out)
+        return out
+
+    async def _critique(self) -> Step:
+        plan = self.plan
+        assert plan is not None
+        error = self.errors.pop(State.CRITIQUE, "")
+        findings = self.ctx.findings.all()
+        check = check_claims(self.narrative, findings, ignore=self._names())
+        self.trace.event("claims_checked", n_sentences=check.n_sentences, n_checked=check.n_checked,
+                         issues=[i.model_dump() for i in check.issues])
+        prefill = "Verdict: the draft" if self.uses_llm and not self.tool_calling else ""
+        prose_only = self.uses_llm and not self.tool_calling
+        task = critic_task(self.narrative, check.feedback(), findings, error, prefill, brief=prose_only)
+        turn = await self._turn(ROLES["critic"], task, self._facts(check=check))
+        verdict = strip_proposal(turn.text)
+        if prose_only:
+            verdict = _tidy(verdict, VERDICT_SENTENCES)
+        if self.uses_llm:
+            verdict = self._checked(verdict, "Critic's verdict")
+        summary = check.feedback().splitlines()[0]
+        self.critic_text = f"Automatic check: {summary}\n\n{verdict}".strip()
+        more = self.machine.revisions < self.settings.max_revisions
+        if check.issues:
+            if more:
+                self.feedback = check.feedback()
+                return Step(State.REVISE, agent="critic", proposal=turn.proposal)
+            self.narrative, removed = remove_sentences(self.narrative, check.issues)
+            for issue in check.issues:
+                self.caveats.append(f"Removed from the summary after {self.machine.revisions} revision(s): "
+                                    f"\"{issue.sentence}\" ({'; '.join(issue.problems)})")
+            self.trace.event("claims_removed", sentences=removed)
+            return Step(State.REPORT, agent="critic", proposal=turn.proposal)
+        if turn.proposal == "REVISE" and more:
+            self.feedback = f"The Critic asks for a revision: {verdict}"
+        return Step(State.REPORT, agent="critic", proposal=turn.proposal,
+                    acceptable=frozenset({State.REVISE}) if more else frozenset())
+
+    async def _revise(self) -> Step:
+        self.trace.event("revise", round=self.machine.revisions, feedback=self.feedback[:4000])
+        return Step(State.ANALYZE, agent="critic")
+
+    async def _report(self) -> Step:
+        self.narrative = self._checked(self.narrative, "summary")  # the last word: nothing unchecked gets out
+        self._write_report("complete")
+        self.status, self.exit_code, self.reason = "done", EXIT_OK, "done"
+        return Step(State.DONE)
+
+    def _write_report(self, status: Literal["complete", "partial", "failed"]) -> None:
+        plan = self.plan
+        assert plan is not None
+        method = [f"Plan: {note}" for note in self.method_notes]
+        if self.choice is not None:
+            method.append(f"Agents: {'tool-calling ' if self.tool_calling else ''}{self.choice.backend}; "
+                          f"{self.machine.revisions} revision(s) after the Critic's check")
+        inp = ReportInput(request=self.options.request, status=status,
+                          stop_reason=None if status == "complete" else self.reason, model=plan.model,
+                          layers=plan.layers, corpus=plan.corpus, backend=self.choice.backend if self.choice else "",
+                          backend_reason=self.choice.reason if self.choice else "", narrative=self.narrative,
+                          critic=self.critic_text, caveats=list(dict.fromkeys(self.caveats)), method=method,
+                          top_n=plan.top_n, revisions=self.machine.revisions)
+        from tools import write_report
+
+        paths = write_report(self.ctx, inp)
+        self.report_path = paths.markdown
+        self.trace.event("report", markdown=paths.markdown, html=paths.html, status=status)
