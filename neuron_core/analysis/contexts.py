@@ -130,16 +130,23 @@ def contexts_from_record(record: ActivationRecord, site: str, neuron: int, *, n_
     ids_all = record.token_ids.tolist()
     out = []
     for i, sampled in [(int(i), False) for i in top] + [(int(i), True) for i in sample]:
-        lo = i
-        while lo > 0 and i - lo < before and doc_ids[lo - 1] == doc_ids[i]:
-            lo -= 1
-        hi = i
-        while hi + 1 < len(doc_ids) and hi - i < after and doc_ids[hi + 1] == doc_ids[i]:
-            hi += 1
-        text, start, end = _window(record.tokens[lo:hi + 1], i - lo)
-        out.append(Context(text, start, end, float(acts[i]), int(doc_ids[i]), int(record.positions[i]),
-                           record.tokens[i], tuple(ids_all[lo:hi + 1]), i - lo, sampled or len(rest) == 0))
+        out.append(_record_context(record, doc_ids, ids_all, i, float(acts[i]), sampled or len(rest) == 0,
+                                   before, after))
     return out
+
+
+def _record_context(record: ActivationRecord, doc_ids: np.ndarray, ids_all: list[int], i: int, value: float,
+                    sampled: bool, before: int, after: int) -> Context:
+    """Token ``i`` of a record in its window, never crossing into another document."""
+    lo = i
+    while lo > 0 and i - lo < before and doc_ids[lo - 1] == doc_ids[i]:
+        lo -= 1
+    hi = i
+    while hi + 1 < len(doc_ids) and hi - i < after and doc_ids[hi + 1] == doc_ids[i]:
+        hi += 1
+    text, start, end = _window(record.tokens[lo:hi + 1], i - lo)
+    return Context(text, start, end, value, int(doc_ids[i]), int(record.positions[i]), record.tokens[i],
+                   tuple(ids_all[lo:hi + 1]), i - lo, sampled)
 
 
 def random_contexts(source: NeuronProfile | ActivationRecord, site: str, n: int, *, seed: int = 0,
@@ -156,15 +163,7 @@ def random_contexts(source: NeuronProfile | ActivationRecord, site: str, n: int,
         doc_ids = source.doc_ids.numpy()
         ids_all = source.token_ids.tolist()
         for i in (int(x) for x in picks):
-            lo = i
-            while lo > 0 and i - lo < before and doc_ids[lo - 1] == doc_ids[i]:
-                lo -= 1
-            hi = i
-            while hi + 1 < len(doc_ids) and hi - i < after and doc_ids[hi + 1] == doc_ids[i]:
-                hi += 1
-            text, start, end = _window(source.tokens[lo:hi + 1], i - lo)
-            out[(int(doc_ids[i]), i)] = Context(text, start, end, 0.0, int(doc_ids[i]), int(source.positions[i]),
-                                                source.tokens[i], tuple(ids_all[lo:hi + 1]), i - lo, True)
+            out[(int(doc_ids[i]), i)] = _record_context(source, doc_ids, ids_all, i, 0.0, True, before, after)
         return list(out.values())
     view = source[site]
     for neuron in rng.permutation(view.n_neurons):
