@@ -261,16 +261,15 @@ class SiteStats:
         if n == 0:
             return
         x = acts.to(torch.float64)  # [n, N]; statistics accumulate in float64 whatever the model's dtype
-        s1 = x.sum(0)  # [N]
+        var_b, mean_b = torch.var_mean(x, dim=0, correction=0)  # one fused pass: [N], [N]
         clean = True
         if self.device.type == "cpu":
-            clean = bool(torch.isfinite(s1).all())  # a sum is finite iff every summand is (no float64 overflow)
+            clean = bool(torch.isfinite(mean_b).all())  # a mean is finite iff every value is (no float64 overflow)
         else:
             clean = False  # on GPU avoid the host sync: always take the masked path
         if clean:
-            nb = torch.full_like(s1, float(n))
-            mean_b = s1 / n
-            m2_b = ((x - mean_b) ** 2).sum(0)
+            nb = torch.full_like(mean_b, float(n))
+            m2_b = var_b * n
             bmin, bmax = acts.amin(0).double(), acts.amax(0).double()
             finite_vals = acts
         else:
