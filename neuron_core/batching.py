@@ -72,7 +72,7 @@ class Batch:
 
     def model_kwargs(self, model: nn.Module) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        params = _forward_params(type(model))
+        params = _forward_params(type(model))  # type: ignore[arg-type]
         if "position_ids" in params:
             kwargs["position_ids"] = self.position_ids
         if "use_cache" in params:
@@ -81,7 +81,7 @@ class Batch:
 
 
 @lru_cache(maxsize=64)
-def _forward_params(cls: type) -> frozenset[str]:
+def _forward_params(cls: Any) -> frozenset[str]:
     try:
         return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):

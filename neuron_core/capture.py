@@ -56,7 +56,7 @@ def _first_tensor(value: Any) -> torch.Tensor:
 
 @contextmanager
 def attach(resolver: SiteResolver, sites: Sequence[Site], callback: SiteCallback, *,
-           stop_early: bool = False) -> Iterator[Site | None]:
+           stop_early: bool = False) -> Iterator[int | None]:
     """Register one hook per site, each calling ``callback(site, tensor)``; always remove them on exit.
 
     With ``stop_early`` and every site inside a block, a hook on the last needed block raises :class:`StopForward`

@@ -303,7 +303,7 @@ def load_model(name_or_path: str, *, device: str | torch.device | None = "auto",
         auto_cls = AutoModelForCausalLM if causal else AutoModel
         if torch_dtype is not None:
             load_kwargs["dtype"] = torch_dtype
-        model, info = auto_cls.from_pretrained(source, output_loading_info=True, **load_kwargs)
+        model, info = auto_cls.from_pretrained(source, output_loading_info=True, **load_kwargs)  # type: ignore[misc]
         missing = [k for k in info.get("missing_keys", []) if "lm_head" not in k or not _ties(config)]
         if missing:
             raise ModelNotAvailableError(

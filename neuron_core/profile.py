@@ -378,6 +378,7 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     fingerprint = corp.fingerprint()
 
     prof: NeuronProfile | None = None
+    meta: dict[str, Any]
     start_doc = 0
     if resume:
         if checkpoint is None:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from torch import nn
 
 from neuron_core.errors import UnknownSiteError, UnsupportedModelError
@@ -117,7 +118,7 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     if type(module).__name__ == "Conv1D":
-        weight = module.weight  # Conv1D stores [in, out]
+        weight = torch.as_tensor(module.weight)  # Conv1D stores [in, out]
         return int(weight.shape[0]), int(weight.shape[1])
     return None
 
@@ -189,7 +190,8 @@ class SiteResolver:
     def n_layers(self) -> int:
         if self._blocks_path is None:
             return 0
-        return len(self._modules[self._blocks_path])  # type: ignore[arg-type]
+        blocks = self._modules[self._blocks_path]
+        return len(blocks) if isinstance(blocks, nn.ModuleList) else 0
 
     @property
     def blocks_path(self) -> str | None:

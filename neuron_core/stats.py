@@ -119,13 +119,15 @@ class ExampleSet:
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
+        if row_keys is not None and eligible is None:
+            raise ValueError("row_keys needs an eligible mask")
         # On GPU a dense top-k needs no host sync; on CPU the pre-filter is several times cheaper once warm.
         dense = values.device.type != "cpu"
         if not dense:
             # Pre-filter: only entries that beat the neuron's current k-th key can enter (rare after warm-up).
             thr = self.keys[:, -1]  # [N]
             if row_keys is not None:
-                cand = (row_keys[:, None] > thr[None, :]) & eligible  # [n, N]
+                cand = (row_keys[:, None] > thr[None, :]) & eligible  # type: ignore[operator]  # [n, N]
             else:
                 cand = keys > thr  # type: ignore[operator]
             count = int(cand.sum())

@@ -10,6 +10,7 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,7 +160,7 @@ def random_contexts(source: NeuronProfile | ActivationRecord, site: str, n: int,
     out: dict[tuple[int, int], Context] = {}
     if isinstance(source, ActivationRecord):
         total = len(source)
-        picks = rng.choice(total, size=min(n, total), replace=False) if total else []
+        picks: Any = rng.choice(total, size=min(n, total), replace=False) if total else []
         doc_ids = source.doc_ids.numpy()
         ids_all = source.token_ids.tolist()
         for i in (int(x) for x in picks):

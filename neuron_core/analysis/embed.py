@@ -139,7 +139,8 @@ class HiddenStateEmbedder(_Cached):
         got: list[torch.Tensor] = []
 
         def grab(_m: torch.nn.Module, _a: object, out: object) -> None:
-            got.append((out[0] if isinstance(out, tuple) else out).detach())  # type: ignore[index]
+            tensor = out[0] if isinstance(out, tuple) else out
+            got.append(torch.as_tensor(tensor).detach())
             raise StopForward
 
         handle = self.interface.module.get_submodule(self.block).register_forward_hook(grab)

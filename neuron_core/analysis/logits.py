@@ -48,7 +48,7 @@ def output_directions(interface: Any, site: str, neurons: list[int]) -> torch.Te
     if s.layer is None:
         raise InputError(f"logit effects need a canonical MLP site, not {s.name!r}")
     down = _down_proj(interface, s.layer)
-    weight = down.weight.detach().float()
+    weight = torch.as_tensor(down.weight).detach().float()
     # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out]
     cols = weight[neurons] if type(down).__name__ == "Conv1D" else weight[:, neurons].T
     return cols  # [n, d_model]
