@@ -46,7 +46,7 @@ from neuron_core.errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
-from neuron_core.sites import Site
+from neuron_core.sites import Site, resolve_all
 from neuron_core.stats import SiteStats, StatsConfig
 
 if TYPE_CHECKING:
@@ -247,16 +247,7 @@ class KerasSiteResolver:
 
     def resolve_many(self, names: Iterable[str | int | Site] | str | int | Site) -> list[Site]:
         """Resolve every name first (nothing happens if one fails); duplicates dropped, order kept."""
-        if isinstance(names, (str, int, Site)):
-            names = [names]
-        sites: list[Site] = []
-        for name in names:
-            site = self.resolve(name)
-            if site not in sites:
-                sites.append(site)
-        if not sites:
-            raise UnknownSiteError("no layers given")
-        return sites
+        return resolve_all(self.resolve, names, "layers")
 
     @staticmethod
     def _site(path: str) -> Site:

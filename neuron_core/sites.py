@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,6 +107,21 @@ def parse_neuron_ref(ref: str) -> tuple[int, int]:
     if not match:
         raise UnknownSiteError(f"cannot read neuron reference {ref!r}; write it as L6/N1234 or 6/1234")
     return int(match.group(1)), int(match.group(2))
+
+
+def resolve_all(resolve: Callable[[str | int | Site], Site], names: Iterable[str | int | Site] | str | int | Site,
+                what: str = "sites") -> list[Site]:
+    """Resolve every name with ``resolve`` before anything else happens; duplicates dropped, order kept."""
+    if isinstance(names, (str, int, Site)):
+        names = [names]
+    sites: list[Site] = []
+    for name in names:
+        site = resolve(name)
+        if site not in sites:
+            sites.append(site)
+    if not sites:
+        raise UnknownSiteError(f"no {what} given")
+    return sites
 
 
 def _is_linear_like(module: nn.Module) -> bool:
@@ -275,16 +290,7 @@ class SiteResolver:
 
     def resolve_many(self, names: Iterable[str | int | Site]) -> list[Site]:
         """Resolve every name first (nothing is registered if one fails); duplicates are dropped, order kept."""
-        if isinstance(names, (str, int, Site)):
-            names = [names]
-        sites: list[Site] = []
-        for name in names:
-            site = self.resolve(name)
-            if site not in sites:
-                sites.append(site)
-        if not sites:
-            raise UnknownSiteError("no sites given")
-        return sites
+        return resolve_all(self.resolve, names)
 
     def block_order(self, site: Site) -> int | None:
         """Index of the block a site lives in (also for raw module paths inside blocks), for early stopping."""

@@ -295,26 +295,30 @@ class SiteStats:
         self.max = torch.maximum(self.max, bmax)
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
         self.n_active += active.sum(0)
-        self._add_histogram(finite_vals)
-        # Examples: keys are -inf where not eligible.
-        vals32 = torch.nan_to_num(finite_vals.float(), nan=-math.inf)
+        self._add_histogram(finite_vals, has_nan=not clean)
+        # Examples: keys are -inf where not eligible (only the masked path has NaN to replace).
+        vals32 = finite_vals.float()
+        if not clean:
+            vals32 = torch.nan_to_num(vals32, nan=-math.inf)
         self.top.update(vals32, vals32, doc, pos, ctx)
         if self.bottom.k:
-            neg = torch.nan_to_num(-finite_vals.float(), nan=-math.inf)
+            neg = -vals32
+            if not clean:  # left-out values (-inf in vals32) must stay out of the bottom set as well
+                neg = torch.where(torch.isinf(vals32), -math.inf, neg)
             self.bottom.update(neg, vals32, doc, pos, ctx)
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.update(None, vals32, doc, pos, ctx, row_keys=prio, eligible=active)
 
-    def _add_histogram(self, acts: torch.Tensor) -> None:
-        """acts [n, N]; NaN marks values to leave out."""
+    def _add_histogram(self, acts: torch.Tensor, has_nan: bool) -> None:
+        """acts [n, N]; with ``has_nan``, NaN marks values to leave out."""
         vals = acts if acts.dtype == torch.float32 else acts.float()
         k = self._k_bins
         z = (_magnitude_codes(vals, self.config.hist_bits) - (self._code_lo - 1)).clamp_(0, k + 1)  # [n, N]
         idx = torch.where(vals.view(torch.int32) < 0, (k + 1) - z, (k + 1) + z)  # signed bin, zero bin = k + 1
         flat = (idx + self._offsets).flatten()
         size = self.n_neurons * self.n_bins
-        if self.device.type != "cpu" or not bool(torch.isfinite(vals).all()):
+        if has_nan:
             flat = torch.where(torch.isnan(vals).flatten(), size, flat)  # left out: one extra slot, dropped
         counts = torch.bincount(flat, minlength=size + 1)[:size]
         self.hist += counts.view(self.n_neurons, self.n_bins)

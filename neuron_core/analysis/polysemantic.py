@@ -346,10 +346,15 @@ class PolysemanticDetector:
             self._embedder = make_embedder(self._embedder_spec, self.interface, layer)
         return self._embedder
 
+    def _probe_sets(self) -> dict[str, ConceptProbes]:
+        """The probe sets, read once (a dict given by the user, a folder, or the bundled ones)."""
+        if not isinstance(self._probes_arg, dict):
+            self._probes_arg = load_probes(self._probes_arg)
+        return self._probes_arg
+
     def _probes(self) -> tuple[list[str], np.ndarray]:
         if self._probe_centroids is None:
-            arg = self._probes_arg
-            probes = arg if isinstance(arg, dict) else load_probes(arg)
+            probes = self._probe_sets()
             names: list[str] = []
             cents: list[np.ndarray] = []
             for name, sets in sorted(probes.items()):
@@ -398,10 +403,10 @@ class PolysemanticDetector:
 
         t0 = time.perf_counter()
         probe_acts = {}
-        if cfg.probe_modes and self.interface is not None and isinstance(self._probes_arg, (dict, type(None), str)):
+        if cfg.probe_modes and self.interface is not None:
             from neuron_core.analysis.probes import ProbeActivations
 
-            probes = self._probes_arg if isinstance(self._probes_arg, dict) else load_probes(self._probes_arg)
+            probes = self._probe_sets()
             wanted: dict[str, list[int]] = {}
             for site, neuron, ctxs in gathered:
                 if len(ctxs) >= cfg.min_contexts:
@@ -472,6 +477,8 @@ class PolysemanticDetector:
         if len(names):
             sims = _centroids(X, clustering) @ cents.T if X.shape[0] else np.zeros((0, len(names)))
             covered = {names[int(i)] for i, row in zip(sims.argmax(1), sims) if row.max() >= cfg.probe_min_similarity}
+        from neuron_core.analysis.probes import selectivity_auc
+
         concept_acts, background = pa.neuron(neuron)
         bg = np.sort(background)
         new_ctx: list[Context] = []
@@ -481,8 +488,7 @@ class PolysemanticDetector:
         next_id = int(max(labels.max(initial=0), max(modes, default=0))) + 1
         for concept, v in concept_acts.items():
             median = float(np.median(v))
-            auc = float(((np.searchsorted(bg, v, "left") + np.searchsorted(bg, v, "right")) / 2).mean()
-                        / max(len(bg), 1))
+            auc = selectivity_auc(v, bg)
             if concept in covered or median < cfg.probe_mode_strength * peak or auc < cfg.probe_mode_auc:
                 continue
             order = np.argsort(-v)[: cfg.min_mode_size * 2]

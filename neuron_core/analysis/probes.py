@@ -78,7 +78,8 @@ class ProbeActivations:
         return out
 
 
-def _auc(values: np.ndarray, background_sorted: np.ndarray) -> float:
+def selectivity_auc(values: np.ndarray, background_sorted: np.ndarray) -> float:
+    """Probability that a span value beats a background value (ties count half); background sorted ascending."""
     lo = np.searchsorted(background_sorted, values, side="left")
     hi = np.searchsorted(background_sorted, values, side="right")
     return float(((lo + hi) / 2).mean() / max(len(background_sorted), 1))
@@ -97,5 +98,5 @@ def probe_selectivity(interface: Any, site: str, neurons: list[int], probes: dic
         b = np.sort(bg)
         for concept, v in concepts.items():
             rows.append({"neuron": neuron, "concept": concept, "median": float(np.median(v)),
-                         "mean": float(v.mean()), "auc": _auc(v, b)})
+                         "mean": float(v.mean()), "auc": selectivity_auc(v, b)})
     return pd.DataFrame(rows)
