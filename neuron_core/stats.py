@@ -83,146 +83,291 @@ def hist_edges(lo: float, hi: float, bits: int) -> torch.Tensor:
     return (span << (23 - bits)).view(torch.float32)
 
 
-def token_priority(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """A deterministic pseudo-random priority in [0, 1) per (document, position); float64, same on every device."""
+def _token_hash(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A deterministic pseudo-random int64 in [0, 2**31) per (document, position), the same on every device."""
     x = (doc_ids.long() * 2654435761 + positions.long() * 40503 + 12345) % (1 << 31)
     for mult in (1103515245, 1664525, 22695477):  # products stay below 2**63: no overflow
         x = (x * mult + 1013904223) % (1 << 31)
         x = x ^ (x >> 13)
-    return x.double() / float(1 << 31)
+    return x
+
+
+def token_priority(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A deterministic pseudo-random priority in [0, 1) per (document, position); float64, same on every device."""
+    return _token_hash(doc_ids, positions).double() / float(1 << 31)
+
+
+_LOW_BITS = (1 << 29) - 1  # the float64 mantissa bits below float32 precision
+
+
+def _tie_broken(keys: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+    """Float64 keys that came from float32 values, made distinct: a hash of (document, position) fills the 29
+    mantissa bits below float32 precision. Distinct float32 values keep their order; equal ones are ordered by the
+    hash, so which of several tied tokens a set keeps does not depend on batching or on the slots' layout."""
+    marked = (keys.view(torch.int64) | (_token_hash(doc, pos) & _LOW_BITS)).view(torch.float64)
+    return marked if finite else torch.where(torch.isinf(keys), keys, marked)
+
+
+def _float32_floor(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 value a tie-broken key came from (drops the hash bits; exact)."""
+    return (keys.view(torch.int64) & ~_LOW_BITS).view(torch.float64).float()
 
 
 class ExampleSet:
     """Per neuron, the ``k`` entries with the largest key seen so far, with value, document, position, context.
 
-    Tensors: keys [N, k] float64 sorted descending (-inf = empty slot); values [N, k] float32; doc, pos [N, k] int64
-    (-1 = empty); ctx [N, k, W] int32 token ids around the example (-1 = outside the document).
+    Tensors (read them as attributes; they come sorted by key, descending): keys [N, k] float64 (-inf = empty slot);
+    values [N, k] float32; doc, pos [N, k] int64 (-1 = empty); ctx [N, k, W] int32 token ids around the example
+    (-1 = outside the document).
+
+    While streaming, the slots are kept unsorted: a new entry overwrites the slot of the entry it evicts, so a batch
+    writes only its winners (a few per neuron once warm) and never rebuilds the [N, k, W] contexts. Reading an
+    attribute sorts once.
     """
 
-    def __init__(self, n_neurons: int, k: int, width: int, device: torch.device | str = "cpu") -> None:
+    _FIELDS = ("keys", "values", "doc", "pos", "ctx")
+
+    def __init__(self, n_neurons: int, k: int, width: int, device: torch.device | str = "cpu",
+                 sync_free: bool | None = None) -> None:
         self.n_neurons, self.k, self.width = n_neurons, k, width
-        self.keys = torch.full((n_neurons, k), -math.inf, dtype=torch.float64, device=device)
-        self.values = torch.zeros((n_neurons, k), dtype=torch.float32, device=device)
-        self.doc = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
-        self.pos = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
-        self.ctx = torch.full((n_neurons, k, width), -1, dtype=torch.int32, device=device)
+        # sync_free: fixed-shape dense updates that never wait for the device (default: on for accelerators)
+        self.sync_free = torch.device(device).type != "cpu" if sync_free is None else sync_free
+        self._keys = torch.full((n_neurons, k), -math.inf, dtype=torch.float64, device=device)
+        self._values = torch.zeros((n_neurons, k), dtype=torch.float32, device=device)
+        self._doc = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
+        self._pos = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
+        self._ctx = torch.full((n_neurons, k, width), -1, dtype=torch.int32, device=device)
+        self._sorted = True
+
+    # -- sorted read access ---------------------------------------------------------------------------------
+    def _ensure_sorted(self) -> None:
+        if self._sorted:
+            return
+        keys, order = torch.sort(self._keys, dim=1, descending=True, stable=True)
+        self._values = self._values.gather(1, order)
+        self._doc = self._doc.gather(1, order)
+        self._pos = self._pos.gather(1, order)
+        self._ctx = self._ctx.gather(1, order[..., None].expand(-1, -1, self.width))
+        self._keys, self._sorted = keys, True
+
+    keys = property(lambda self: (self._ensure_sorted(), self._keys)[1])
+    values = property(lambda self: (self._ensure_sorted(), self._values)[1])
+    doc = property(lambda self: (self._ensure_sorted(), self._doc)[1])
+    pos = property(lambda self: (self._ensure_sorted(), self._pos)[1])
+    ctx = property(lambda self: (self._ensure_sorted(), self._ctx)[1])
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """[N] float64: the key an entry must beat to enter (the smallest kept key; -inf while not full)."""
+        return self._keys.amin(1)
 
     # -- update ---------------------------------------------------------------------------------------------
-    def update(self, keys: torch.Tensor | None, values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
-               ctx: torch.Tensor, *, row_keys: torch.Tensor | None = None,
-               eligible: torch.Tensor | None = None) -> None:
-        """Offer a batch. keys, values [n, N] (keys -inf where not eligible); doc, pos [n]; ctx [n, W].
+    def offer_values(self, values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, *,
+                     largest: bool = True, has_nan: bool = False) -> None:
+        """Offer a batch keyed by its values: values [n, N] float32 (NaN = left out); doc, pos [n]; ctx [n, W].
 
-        Instead of ``keys``, a per-token key ``row_keys`` [n] (float64) with an ``eligible`` mask [n, N] may be
-        given (the random sample): the [n, N] key matrix is then only built during warm-up.
-        """
+        ``largest=False`` keeps the most negative values (the key is -value)."""
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
-        if row_keys is not None and eligible is None:
-            raise ValueError("row_keys needs an eligible mask")
-        # On GPU a dense top-k needs no host sync; on CPU the pre-filter is several times cheaper once warm.
-        dense = values.device.type != "cpu"
-        if not dense:
-            # Pre-filter: only entries that beat the neuron's current k-th key can enter (rare after warm-up).
-            thr = self.keys[:, -1]  # [N]
-            if row_keys is not None:
-                cand = (row_keys[:, None] > thr[None, :]) & eligible  # type: ignore[operator]  # [n, N]
-            else:
-                cand = keys > thr  # type: ignore[operator]
-            count = int(cand.sum())
-            if count == 0:
-                return
-            if count > n * self.n_neurons // 16:
-                dense = True
-        if not dense:
-            # Candidates grouped by neuron without sorting: nonzero over the transposed mask is neuron-major.
-            n_idx, t_idx = cand.T.nonzero(as_tuple=True)  # type: ignore[union-attr]
-            counts = torch.bincount(n_idx, minlength=self.n_neurons)  # [N]
-            rows = torch.nonzero(counts).flatten()  # [R]
-            width = int(counts.max())
-            if rows.numel() * width > 4 * count + self.n_neurons * self.k:
-                dense = True  # a few neurons with very many candidates: a dense top-k is cheaper
-        if dense and row_keys is not None:
-            keys = torch.where(eligible, row_keys[:, None], -math.inf)  # type: ignore[arg-type]
-        if dense:
-            kk = min(self.k, n)
-            top_keys, top_tok = torch.topk(keys, kk, dim=0)  # type: ignore[arg-type]  # [kk, N]
-            self._merge_batch(None, top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
+        if self.sync_free:  # dense, no host sync (accelerators)
+            self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx, tie_break=True)
             return
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(n_idx.numel(), device=values.device) - starts[n_idx]  # rank within its neuron
-        row_of = torch.zeros(self.n_neurons, dtype=torch.long, device=values.device)
-        row_of[rows] = torch.arange(rows.numel(), device=values.device)
-        cand_keys = row_keys[t_idx] if row_keys is not None else keys[t_idx, n_idx].double()  # type: ignore[index]
-        buf_keys = torch.full((rows.numel(), width), -math.inf, dtype=torch.float64, device=values.device)
-        buf_tok = torch.zeros((rows.numel(), width), dtype=torch.long, device=values.device)
-        buf_keys[row_of[n_idx], rank] = cand_keys  # [R, width]
-        buf_tok[row_of[n_idx], rank] = t_idx
-        self._merge_batch(rows, buf_keys, buf_tok, values, doc, pos, ctx)
+        # Pre-filter: only entries that can beat the neuron's current k-th key may enter (rare once warm). The
+        # keys came from float32 values (plus tie-break bits), so comparing in float32 is exact; ties at the
+        # threshold stay candidates (the tie-break decides); NaN compares False.
+        thr = _float32_floor(self.threshold)
+        cand = values >= thr if largest else values <= -thr
+        count = int(torch.count_nonzero(cand))
+        if count == 0:
+            return
+        if count > n * self.n_neurons // 8:
+            self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx, tie_break=True)
+            return
+        t_idx, n_idx = cand.nonzero(as_tuple=True)
+        cand_keys = values[t_idx, n_idx].double()
+        cand_keys = _tie_broken(cand_keys if largest else -cand_keys, doc[t_idx], pos[t_idx])
+        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
 
-    def _merge_batch(self, rows: torch.Tensor | None, new_keys: torch.Tensor, tok: torch.Tensor,
-                     values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
+    def offer_ranked(self, row_keys: torch.Tensor, eligible: torch.Tensor, values: torch.Tensor, doc: torch.Tensor,
+                     pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """Offer a batch keyed per token: row_keys [n] float64, the same for every neuron, and an ``eligible``
+        mask [n, N] (the random sample: the key is a hash of the token's place, eligible = active)."""
+        n = values.shape[0]
+        if n == 0 or self.k == 0:
+            return
+        if self.sync_free:
+            keys = torch.where(eligible, row_keys[:, None], -math.inf)
+            self._offer_dense(keys, False, values, doc, pos, ctx)
+            return
+        thr = self.threshold
+        order = torch.argsort(row_keys, descending=True, stable=True)
+        skeys = row_keys[order]
+        n_live = int(torch.count_nonzero(skeys > thr.min()))  # tokens that beat at least one neuron's threshold
+        # Tokens in key order: a neuron's candidates are eligible tokens in a prefix of that order. Take blocks of
+        # growing size and, after each, keep only the neurons whose threshold the next token can still beat.
+        start, step, cols = 0, max(4 * self.k, 64), None
+        while start < n_live:
+            stop = min(n_live, start + step)
+            rows = order[start:stop]
+            elig = eligible[rows] if cols is None else eligible[rows][:, cols]  # [b, C]
+            thr_c = thr if cols is None else thr[cols]
+            cand = elig & (skeys[start:stop, None] > thr_c[None, :])
+            i_idx, c_idx = cand.nonzero(as_tuple=True)
+            if i_idx.numel():
+                n_idx = c_idx if cols is None else cols[c_idx]
+                self._offer_sparse(n_idx, rows[i_idx], skeys[start + i_idx], values, doc, pos, ctx)
+                thr = self.threshold
+            start, step = stop, step * 4
+            if start < n_live:
+                cols = torch.nonzero(thr < skeys[start]).flatten()
+                if cols.numel() == 0:
+                    break
+
+    def _offer_dense(self, keys: torch.Tensor, has_nan: bool, values: torch.Tensor, doc: torch.Tensor,
+                     pos: torch.Tensor, ctx: torch.Tensor, tie_break: bool = False) -> None:
+        """A per-neuron top-k of the batch's keys [n, N], then a merge with the kept entries.
+
+        ``tie_break``: the keys are float32 values (or their negation). On CPU the batch's k-th largest value per
+        neuron then becomes the pre-filter threshold and every value reaching it (ties included) goes through the
+        sparse path, where the tie-break decides; on accelerators the keys are tie-broken before a dense top-k.
+        Either way the kept set never depends on batching."""
+        if has_nan:
+            keys = torch.nan_to_num(keys, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        kk = min(self.k, keys.shape[0])
+        if not self.sync_free:
+            # row-wise top-k on a contiguous transposed copy is faster on CPU
+            top_keys, top_tok = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False)  # [N, kk]
+            if not tie_break:
+                self._insert(None, top_keys.double(), top_tok, values, doc, pos, ctx)
+                return
+            cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
+            cand &= keys > -math.inf
+            t_idx, n_idx = cand.nonzero(as_tuple=True)
+            cand_keys = _tie_broken(keys[t_idx, n_idx].double(), doc[t_idx], pos[t_idx], finite=not has_nan)
+            self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
+            return
+        if tie_break:
+            keys = _tie_broken(keys.double(), doc[:, None], pos[:, None])
+        top_keys, top_tok = torch.topk(keys, kk, dim=0, sorted=False)  # [kk, N]
+        self._rebuild(top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
+
+    def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
+                      values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """Candidates given as (neuron, batch token, key) triples: grouped by neuron into [R, width], merged."""
+        dev = values.device
+        order = torch.argsort(n_idx, stable=True)
+        n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
+        counts = torch.bincount(n_idx, minlength=self.n_neurons)  # [N]
+        rows = torch.nonzero(counts).flatten()  # [R]
+        width = int(counts.max())
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(n_idx.numel(), device=dev) - starts[n_idx]  # rank within its neuron
+        if width > self.k:  # only a neuron's k best candidates can enter: cap the buffer
+            keep = rank < self.k
+            if not bool(keep.all()):
+                # sort each neuron's candidates by key (descending) first, so the cap keeps its best ones
+                order = torch.argsort(cand_keys, descending=True, stable=True)
+                order = order[torch.argsort(n_idx[order], stable=True)]
+                n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
+                keep = rank < self.k  # rank depends only on the grouping, unchanged by the re-sort
+                n_idx, t_idx, cand_keys, rank = n_idx[keep], t_idx[keep], cand_keys[keep], rank[keep]
+            width = self.k
+        row_of = torch.zeros(self.n_neurons, dtype=torch.long, device=dev)
+        row_of[rows] = torch.arange(rows.numel(), device=dev)
+        buf_keys = torch.full((rows.numel(), width), -math.inf, dtype=torch.float64, device=dev)
+        buf_tok = torch.zeros((rows.numel(), width), dtype=torch.long, device=dev)
+        buf_keys[row_of[n_idx], rank] = cand_keys
+        buf_tok[row_of[n_idx], rank] = t_idx
+        self._insert(rows, buf_keys, buf_tok, values, doc, pos, ctx)
+
+    def _insert(self, rows: torch.Tensor | None, new_keys: torch.Tensor, tok: torch.Tensor, values: torch.Tensor,
+                doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
         """Merge candidates new_keys/tok [R, c] (tok: token indices into the batch) into ``rows`` (None: all).
 
-        Only the winners' values, positions and contexts are gathered, never those of every candidate."""
+        Each new winner overwrites the slot of an entry it evicts; only the winners' values, places and contexts
+        are gathered and written."""
         k = self.k
-        old_keys = self.keys if rows is None else self.keys[rows]  # [R, k]
-        best_keys, sel = torch.topk(torch.cat([old_keys, new_keys], dim=1), k, dim=1)  # [R, k]
+        old = self._keys if rows is None else self._keys[rows]  # [R, k]
+        _, sel = torch.topk(torch.cat([old, new_keys], dim=1), k, dim=1, sorted=False)  # [R, k]
+        won = sel >= k
+        kept = torch.zeros((sel.shape[0], k + 1), dtype=torch.bool, device=sel.device)
+        kept.scatter_(1, torch.where(won, k, sel), True)  # column k collects the new winners
+        # Row-major order pairs the j-th freed slot of a row with the j-th new winner of the same row: a row has
+        # exactly as many of each.
+        free_r, free_slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        win_r, win_j = won.nonzero(as_tuple=True)
+        if win_r.numel() == 0:
+            return
+        col = sel[win_r, win_j] - k
+        key = new_keys[win_r, col]
+        real = key > -math.inf  # padding (or -inf keys) only "wins" over empty slots: nothing to write
+        if not bool(real.all()):
+            free_slot, win_r, col, key = free_slot[real], win_r[real], col[real], key[real]
+        t = tok[win_r, col]
+        neuron = win_r if rows is None else rows[win_r]
+        self._keys[neuron, free_slot] = key
+        self._values[neuron, free_slot] = values[t, neuron].float()
+        self._doc[neuron, free_slot] = doc[t]
+        self._pos[neuron, free_slot] = pos[t]
+        self._ctx[neuron, free_slot] = ctx[t].to(torch.int32)
+        self._sorted = False
+
+    def _rebuild(self, new_keys: torch.Tensor, tok: torch.Tensor, values: torch.Tensor, doc: torch.Tensor,
+                 pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """The sync-free merge for accelerators: candidates [N, c] for every neuron; all slots rebuilt, sorted."""
+        k = self.k
+        best_keys, sel = torch.topk(torch.cat([self._keys, new_keys], dim=1), k, dim=1)  # [N, k]
         from_new = sel >= k
-        t = tok.gather(1, (sel - k).clamp(min=0))  # [R, k] batch token of each new winner
+        t = tok.gather(1, (sel - k).clamp(min=0))  # [N, k] batch token of each new winner
         old_sel = sel.clamp(max=k - 1)
-        neuron = (torch.arange(self.n_neurons, device=values.device) if rows is None else rows)[:, None]
-        new_vals = values[t, neuron.expand_as(t)].float()  # [R, k]
+        neuron = torch.arange(self.n_neurons, device=values.device)[:, None]
+        new_vals = values[t, neuron.expand_as(t)].float()
         empty = torch.isinf(best_keys) & (best_keys < 0)  # fewer than k eligible entries so far
 
         def pick(current: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
-            old = current if rows is None else current[rows]
-            return torch.where(from_new, incoming, old.gather(1, old_sel))
+            return torch.where(from_new, incoming, current.gather(1, old_sel))
 
-        vals = pick(self.values, new_vals)
-        doc_w = pick(self.doc, doc[t]).masked_fill(empty, -1)
-        pos_w = pick(self.pos, pos[t]).masked_fill(empty, -1)
-        old_ctx = self.ctx if rows is None else self.ctx[rows]
-        ctx_w = torch.where(from_new[..., None], ctx[t].to(torch.int32),
-                            old_ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
-        if rows is None:
-            self.keys, self.values, self.doc, self.pos, self.ctx = best_keys, vals, doc_w, pos_w, ctx_w
-        else:
-            self.keys[rows], self.values[rows], self.doc[rows], self.pos[rows], self.ctx[rows] = (
-                best_keys, vals, doc_w, pos_w, ctx_w)
+        self._values = pick(self._values, new_vals).masked_fill(empty, 0.0)
+        self._doc = pick(self._doc, doc[t]).masked_fill(empty, -1)
+        self._pos = pick(self._pos, pos[t]).masked_fill(empty, -1)
+        self._ctx = torch.where(from_new[..., None], ctx[t].to(torch.int32),
+                                self._ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
+        self._ctx = self._ctx.masked_fill(empty[..., None], -1)
+        self._keys = best_keys
 
     def _merge(self, other: ExampleSet) -> None:
         """Keep the k best of this set and another one (all neurons)."""
-        all_keys = torch.cat([self.keys, other.keys], dim=1)  # [N, 2k]
+        all_keys = torch.cat([self._keys, other._keys], dim=1)  # [N, 2k]
         best_keys, sel = torch.topk(all_keys, self.k, dim=1)  # [N, k]
-        self.values = torch.cat([self.values, other.values], dim=1).gather(1, sel)
         empty = torch.isinf(best_keys) & (best_keys < 0)
-        self.doc = torch.cat([self.doc, other.doc], dim=1).gather(1, sel).masked_fill(empty, -1)
-        self.pos = torch.cat([self.pos, other.pos], dim=1).gather(1, sel).masked_fill(empty, -1)
-        ctx_all = torch.cat([self.ctx, other.ctx], dim=1)  # [N, 2k, W]
-        self.ctx = ctx_all.gather(1, sel[..., None].expand(-1, -1, self.width))
-        self.keys = best_keys
+        self._values = torch.cat([self._values, other._values], dim=1).gather(1, sel).masked_fill(empty, 0.0)
+        self._doc = torch.cat([self._doc, other._doc], dim=1).gather(1, sel).masked_fill(empty, -1)
+        self._pos = torch.cat([self._pos, other._pos], dim=1).gather(1, sel).masked_fill(empty, -1)
+        ctx_all = torch.cat([self._ctx, other._ctx], dim=1)  # [N, 2k, W]
+        self._ctx = ctx_all.gather(1, sel[..., None].expand(-1, -1, self.width)).masked_fill(empty[..., None], -1)
+        self._keys, self._sorted = best_keys, True
 
     # -- combine, persist -----------------------------------------------------------------------------------
     def merge(self, other: ExampleSet) -> None:
         if (other.n_neurons, other.k, other.width) != (self.n_neurons, self.k, self.width):
             raise ProfileMismatchError("example sets differ in neurons, k or context width")
-        self._merge(other.to(self.values.device) if other.values.device != self.values.device else other)
+        self._merge(other.to(self._values.device) if other._values.device != self._values.device else other)
 
     def state_dict(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.keys": self.keys, f"{prefix}.values": self.values, f"{prefix}.doc": self.doc,
-                f"{prefix}.pos": self.pos, f"{prefix}.ctx": self.ctx}
+        self._ensure_sorted()
+        return {f"{prefix}.{name}": getattr(self, f"_{name}") for name in self._FIELDS}
 
     def load(self, state: dict[str, torch.Tensor], prefix: str) -> None:
-        dev = self.values.device
-        for name in ("keys", "values", "doc", "pos", "ctx"):
-            setattr(self, name, state[f"{prefix}.{name}"].to(dev).clone())
-        self.k = self.keys.shape[1]
+        dev = self._values.device
+        for name in self._FIELDS:
+            setattr(self, f"_{name}", state[f"{prefix}.{name}"].to(dev).clone())
+        self.k, self._sorted = self._keys.shape[1], False
 
     def to(self, device: torch.device | str) -> ExampleSet:
-        for name in ("keys", "values", "doc", "pos", "ctx"):
-            setattr(self, name, getattr(self, name).to(device))
+        self.sync_free = torch.device(device).type != "cpu"
+        for name in self._FIELDS:
+            setattr(self, f"_{name}", getattr(self, f"_{name}").to(device))
         return self
 
 
@@ -230,7 +375,7 @@ class SiteStats:
     """All streaming statistics of one site (see the module docstring). Tensors live on ``device``."""
 
     def __init__(self, n_neurons: int, *, device: torch.device | str = "cpu",
-                 config: StatsConfig | None = None) -> None:
+                 config: StatsConfig | None = None, sync_free: bool | None = None) -> None:
         self.config = config or StatsConfig()
         self.n_neurons = n_neurons
         self.device = torch.device(device)
@@ -249,10 +394,14 @@ class SiteStats:
         self.n_bins = self.edges.numel() + 1
         self.hist = torch.zeros((n_neurons, self.n_bins), dtype=torch.long, device=dev)
         width = cfg.context_width
-        self.top = ExampleSet(n_neurons, cfg.top_k, width, dev)
-        self.bottom = ExampleSet(n_neurons, cfg.bottom_k, width, dev)
-        self.sample = ExampleSet(n_neurons, cfg.n_samples, width, dev)
-        self._offsets = torch.arange(n_neurons, device=dev) * self.n_bins  # [N]
+        # sync_free (default: on for accelerators): no host sync per batch; fixed-shape dense example updates and
+        # the masked (NaN-aware) moments path every time, instead of the CPU's check-then-pre-filter path.
+        self.sync_free = self.device.type != "cpu" if sync_free is None else sync_free
+        self.top = ExampleSet(n_neurons, cfg.top_k, width, dev, self.sync_free)
+        self.bottom = ExampleSet(n_neurons, cfg.bottom_k, width, dev, self.sync_free)
+        self.sample = ExampleSet(n_neurons, cfg.n_samples, width, dev, self.sync_free)
+        index_dtype = torch.int32 if n_neurons * self.n_bins < 2**31 - 1 else torch.int64
+        self._bin_base = (torch.arange(n_neurons, device=dev) * self.n_bins + self._k_bins + 1).to(index_dtype)
 
     # -- streaming ------------------------------------------------------------------------------------------
     def add(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
@@ -262,18 +411,17 @@ class SiteStats:
         n = acts.shape[0]
         if n == 0:
             return
-        x = acts.to(torch.float64)  # [n, N]; statistics accumulate in float64 whatever the model's dtype
-        var_b, mean_b = torch.var_mean(x, dim=0, correction=0)  # one fused pass: [N], [N]
-        clean = True
-        if self.device.type == "cpu":
-            clean = bool(torch.isfinite(mean_b).all())  # a mean is finite iff every value is (no float64 overflow)
-        else:
-            clean = False  # on GPU avoid the host sync: always take the masked path
+        vals = acts if acts.dtype == torch.float32 else acts.float()  # histogram and examples: float32
+        x = acts.to(torch.float64, copy=True)  # [n, N] scratch; statistics accumulate in float64 whatever the dtype
+        mean_b = x.sum(0) / n
+        # On CPU one check decides the path: a mean is finite iff every value is (no float64 overflow from float32).
+        # On GPU avoid the host sync: always take the masked path.
+        clean = not self.sync_free and bool(torch.isfinite(mean_b).all())
         if clean:
             nb = torch.full_like(mean_b, float(n))
-            m2_b = var_b * n
-            bmin, bmax = acts.amin(0).double(), acts.amax(0).double()
-            finite_vals = acts
+            m2_b = x.sub_(mean_b).square_().sum(0)  # two-pass M2, in place on the scratch copy
+            bmin, bmax = vals.amin(0).double(), vals.amax(0).double()
+            finite_vals = vals
         else:
             finite = torch.isfinite(acts)  # [n, N]
             self.n_nonfinite += (~finite).sum(0)
@@ -283,7 +431,8 @@ class SiteStats:
             m2_b = torch.where(finite, (x - mean_b) ** 2, 0.0).sum(0)
             bmin = torch.where(finite, x, math.inf).amin(0)
             bmax = torch.where(finite, x, -math.inf).amax(0)
-            finite_vals = torch.where(finite, acts, torch.nan)
+            finite_vals = torch.where(finite, vals, torch.nan)
+        del x
         # Chan et al. merge of (count, mean, M2) in float64.
         total = self.count + nb
         safe = total.clamp(min=1)
@@ -294,32 +443,29 @@ class SiteStats:
         self.min = torch.minimum(self.min, bmin)
         self.max = torch.maximum(self.max, bmax)
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
-        self.n_active += active.sum(0)
+        self.n_active += active.sum(0, dtype=torch.int32)
         self._add_histogram(finite_vals, has_nan=not clean)
-        # Examples: keys are -inf where not eligible (only the masked path has NaN to replace).
-        vals32 = finite_vals.float()
-        if not clean:
-            vals32 = torch.nan_to_num(vals32, nan=-math.inf)
-        self.top.update(vals32, vals32, doc, pos, ctx)
+        # Examples: NaN marks left-out values; the sets never take them.
+        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean)
         if self.bottom.k:
-            neg = -vals32
-            if not clean:  # left-out values (-inf in vals32) must stay out of the bottom set as well
-                neg = torch.where(torch.isinf(vals32), -math.inf, neg)
-            self.bottom.update(neg, vals32, doc, pos, ctx)
+            self.bottom.offer_values(finite_vals, doc, pos, ctx, largest=False, has_nan=not clean)
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
-            self.sample.update(None, vals32, doc, pos, ctx, row_keys=prio, eligible=active)
+            self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
 
-    def _add_histogram(self, acts: torch.Tensor, has_nan: bool) -> None:
-        """acts [n, N]; with ``has_nan``, NaN marks values to leave out."""
-        vals = acts if acts.dtype == torch.float32 else acts.float()
+    def _add_histogram(self, vals: torch.Tensor, has_nan: bool) -> None:
+        """vals [n, N] float32; with ``has_nan``, NaN marks values to leave out. Integer passes on the float's bits."""
         k = self._k_bins
-        z = (_magnitude_codes(vals, self.config.hist_bits) - (self._code_lo - 1)).clamp_(0, k + 1)  # [n, N]
-        idx = torch.where(vals.view(torch.int32) < 0, (k + 1) - z, (k + 1) + z)  # signed bin, zero bin = k + 1
-        flat = (idx + self._offsets).flatten()
+        bits = vals.view(torch.int32)
+        z = (bits & 0x7FFFFFFF) >> (23 - self.config.hist_bits)  # magnitude code, monotonic in |x|
+        z.sub_(self._code_lo - 1).clamp_(0, k + 1)  # 0: zero bin, k + 1: overflow
+        sign = bits >> 31  # -1 where the sign bit is set, else 0
+        z.bitwise_xor_(sign).sub_(sign)  # signed offset from the zero bin: -z for negative values
+        z += self._bin_base  # neuron * n_bins + (k + 1)
+        flat = z.reshape(-1)
         size = self.n_neurons * self.n_bins
         if has_nan:
-            flat = torch.where(torch.isnan(vals).flatten(), size, flat)  # left out: one extra slot, dropped
+            flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
         counts = torch.bincount(flat, minlength=size + 1)[:size]
         self.hist += counts.view(self.n_neurons, self.n_bins)
 
@@ -410,10 +556,11 @@ class SiteStats:
 
     def to(self, device: torch.device | str) -> SiteStats:
         self.device = torch.device(device)
+        self.sync_free = self.device.type != "cpu"
         for name in self._MOMENTS:
             setattr(self, name, getattr(self, name).to(self.device))
         self.edges = self.edges.to(self.device)
-        self._offsets = self._offsets.to(self.device)
+        self._bin_base = self._bin_base.to(self.device)
         for ex in (self.top, self.bottom, self.sample):
             ex.to(self.device)
         return self
