@@ -466,8 +466,12 @@ class SiteStats:
         size = self.n_neurons * self.n_bins
         if has_nan:
             flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
-        counts = torch.bincount(flat, minlength=size + 1)[:size]
-        self.hist += counts.view(self.n_neurons, self.n_bins)
+        if self.sync_free:  # bincount waits for the device (it sizes its output from the data): index_add_ does not
+            counts = torch.zeros(size + 1, dtype=torch.long, device=flat.device)
+            counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.long))
+        else:
+            counts = torch.bincount(flat, minlength=size + 1)
+        self.hist += counts[:size].view(self.n_neurons, self.n_bins)
 
     # -- readouts -------------------------------------------------------------------------------------------
     @property
