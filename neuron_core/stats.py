@@ -206,7 +206,7 @@ class ExampleSet:
         n_live = int(torch.count_nonzero(skeys > thr.min()))  # tokens that beat at least one neuron's threshold
         # Tokens in key order: a neuron's candidates are eligible tokens in a prefix of that order. Take blocks of
         # growing size and, after each, keep only the neurons whose threshold the next token can still beat.
-        start, step, cols = 0, max(4 * self.k, 64), None
+        start, step, cols = 0, max(2 * self.k, 32), None
         while start < n_live:
             stop = min(n_live, start + step)
             rows = order[start:stop]
@@ -216,7 +216,8 @@ class ExampleSet:
             i_idx, c_idx = cand.nonzero(as_tuple=True)
             if i_idx.numel():
                 n_idx = c_idx if cols is None else cols[c_idx]
-                self._offer_sparse(n_idx, rows[i_idx], skeys[start + i_idx], values, doc, pos, ctx)
+                self._offer_sparse(n_idx, rows[i_idx], skeys[start + i_idx], values, doc, pos, ctx,
+                                   key_ordered=True)
                 thr = self.threshold
             start, step = stop, step * 4
             if start < n_live:
@@ -253,8 +254,11 @@ class ExampleSet:
         self._rebuild(top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
 
     def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
-                      values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
-        """Candidates given as (neuron, batch token, key) triples: grouped by neuron into [R, width], merged."""
+                      values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor,
+                      key_ordered: bool = False) -> None:
+        """Candidates given as (neuron, batch token, key) triples: grouped by neuron into [R, width], merged.
+
+        ``key_ordered``: the triples come in descending key order (a stable grouping keeps it within a neuron)."""
         dev = values.device
         order = torch.argsort(n_idx, stable=True)
         n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
@@ -266,11 +270,12 @@ class ExampleSet:
         if width > self.k:  # only a neuron's k best candidates can enter: cap the buffer
             keep = rank < self.k
             if not bool(keep.all()):
-                # sort each neuron's candidates by key (descending) first, so the cap keeps its best ones
-                order = torch.argsort(cand_keys, descending=True, stable=True)
-                order = order[torch.argsort(n_idx[order], stable=True)]
-                n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
-                keep = rank < self.k  # rank depends only on the grouping, unchanged by the re-sort
+                if not key_ordered:
+                    # sort each neuron's candidates by key (descending) first, so the cap keeps its best ones
+                    order = torch.argsort(cand_keys, descending=True, stable=True)
+                    order = order[torch.argsort(n_idx[order], stable=True)]
+                    n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
+                # rank depends only on the grouping, unchanged by the re-sort
                 n_idx, t_idx, cand_keys, rank = n_idx[keep], t_idx[keep], cand_keys[keep], rank[keep]
             width = self.k
         row_of = torch.zeros(self.n_neurons, dtype=torch.long, device=dev)
