@@ -433,10 +433,9 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                     keep = (mask.flatten().cumsum(0) <= remaining).view_as(mask)
                     mask = mask & keep
                     # the model still sees whole documents; only the statistics stop at the budget
-                current["mask"] = mask
-                current["index"] = mask.flatten().nonzero().flatten()  # row-major, as boolean indexing orders
-                doc = on_dev.doc_ids[:, None].expand_as(mask)[mask] + doc_offset
-                pos = (on_dev.starts[:, None] + on_dev.position_ids)[mask]
+                index = current["index"] = mask.flatten().nonzero().flatten()  # the batch's tokens, row-major
+                doc = on_dev.doc_ids[:, None].expand_as(mask).reshape(-1)[index] + doc_offset
+                pos = (on_dev.starts[:, None] + on_dev.position_ids).reshape(-1)[index]
                 current["doc"], current["pos"] = doc, pos
                 current["ctx"] = batch_contexts(Batch(on_dev.input_ids, mask.long(), on_dev.position_ids,
                                                       on_dev.doc_ids, on_dev.starts, "right"), before, after)

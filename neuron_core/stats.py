@@ -236,12 +236,9 @@ class ExampleSet:
         if has_nan:
             keys = torch.nan_to_num(keys, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         kk = min(self.k, keys.shape[0])
-        if not self.sync_free:
+        if not self.sync_free:  # only value keys come here on CPU (the sample set walks its own path)
             # row-wise top-k on a contiguous transposed copy is faster on CPU
-            top_keys, top_tok = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False)  # [N, kk]
-            if not tie_break:
-                self._insert(None, top_keys.double(), top_tok, values, doc, pos, ctx)
-                return
+            top_keys = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False).values  # [N, kk]
             cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
             cand &= keys > -math.inf
             t_idx, n_idx = cand.nonzero(as_tuple=True)
@@ -300,7 +297,7 @@ class ExampleSet:
         kept.scatter_(1, torch.where(won, k, sel), True)  # column k collects the new winners
         # Row-major order pairs the j-th freed slot of a row with the j-th new winner of the same row: a row has
         # exactly as many of each.
-        free_r, free_slot = (~kept[:, :k]).nonzero(as_tuple=True)
+        _, free_slot = (~kept[:, :k]).nonzero(as_tuple=True)
         win_r, win_j = won.nonzero(as_tuple=True)
         if win_r.numel() == 0:
             return
