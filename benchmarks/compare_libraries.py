@@ -12,8 +12,8 @@ stays out of the timings). Variants:
 
 - hf forward:          model(input_ids, attention_mask, use_cache=False) under no_grad, the full causal LM
 - ours capture:        ActivationMonitor.trace() around that forward, all MLP sites, then the competitors' statistics
-                       helper (StreamingStats in _common.py) on the captured activations (records are kept on the
-                       host; on CUDA they are moved back to the device for the statistics, so the row pays two copies)
+                       helper (StreamingStats in _common.py) on the captured activations (trace(keep_on="device"):
+                       on CUDA the record stays on the GPU, as nnsight's saved tensors do)
 - ours profile:        profile() of all MLP sites, defaults (moments, histogram, fraction active, top-32 and bottom-8
                        with contexts, 32 random samples); the forward stops after the last block (no LM head)
 - ours profile top-32: profile(top_k=32, bottom_k=0, n_samples=0): the competitors' statistics plus what ours always
@@ -94,12 +94,11 @@ def _traced_stats(model: torch.nn.Module, monitor: Any, batches: list[Any], site
     stats = [StreamingStats(k) for _ in sites]
     with torch.no_grad():
         for b in batches:
-            with monitor.trace() as record:
+            # keep_on="device": on CUDA the record stays on the GPU (the default copies it to the host)
+            with monitor.trace(keep_on="device") as record:
                 model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
             for st, name in zip(stats, sites):
-                # padding already removed: [n_tokens, d_mlp]; records live on the host (capture copies them
-                # there), so on CUDA they go back to the device for the same statistics as the others
-                st.add(record[name].to(device, non_blocking=True))
+                st.add(record[name])  # padding already removed: [n_tokens, d_mlp], on the model's device
     return _stack([st.result() for st in stats])
 
 
@@ -189,7 +188,7 @@ def main() -> None:
 
     variants: dict[str, Callable[[], Any]] = {
         "hf forward": hf_forward,
-        f"ours: capture all {n_layers} layers (trace, to host) + same stats helper": ours_capture,
+        f"ours: capture all {n_layers} layers (trace, kept on the device) + same stats helper": ours_capture,
         f"ours: profile all {n_layers} layers (defaults: moments, hist, top-{k}/bottom-8 + contexts, 32 samples)":
             ours(None, top_k=k),
         f"ours: profile all {n_layers} layers, top-{k} only (+ hist, contexts)": ours(None, top_k=k, bottom_k=0,

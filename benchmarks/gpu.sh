@@ -78,31 +78,40 @@ step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the resu
   echo "   step $name: rc=$rc, $(cat "$STEPS/$name.secs") s, $(( $(date +%s) - T0 )) s since start"
 }
 
+# GPU_STEPS picks the steps (default: all, in this order); e.g. GPU_STEPS="parity parts" for a short look.
+GPU_STEPS=" ${GPU_STEPS:-parity parts compare capture memory} "
+want() { [[ "$GPU_STEPS" == *" $1 "* ]]; }
+
 # CUDA-vs-CPU parity first: the core's correctness on the device matters most (benchmarks/gpu_parity.py)
 if [ "${DRY_RUN:-0}" = 1 ]; then PARITY_ARGS="--dry-run --tokens 1500"; else PARITY_ARGS="--tokens 6000"; fi
 # shellcheck disable=SC2086
-step parity "${PARITY_LIMIT:-100}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
+want parity && step parity "${PARITY_LIMIT:-100}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
 
+if [ "${DRY_RUN:-0}" = 1 ]; then PARTS_ARGS="--device cpu --tokens 512 --neurons 256"; else PARTS_ARGS=""; fi
+# shellcheck disable=SC2086
+want parts && step parts 150 $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
 # shellcheck disable=SC2086  # the size strings are meant to split
-step compare "${LIMITS[0]}" $PY benchmarks/compare_libraries.py --device $DEV $CMP_SIZES ${SKIP:+--skip $SKIP} \
+want compare && step compare "${LIMITS[0]}" $PY benchmarks/compare_libraries.py --device $DEV $CMP_SIZES ${SKIP:+--skip $SKIP} \
   --json "$OUT/compare-gpu.json"
 # shellcheck disable=SC2086
-step capture "${LIMITS[1]}" $PY benchmarks/_tokenizer_shim.py benchmarks/capture_overhead.py --device $DEV $CMP_SIZES
+want capture && step capture "${LIMITS[1]}" $PY benchmarks/_tokenizer_shim.py benchmarks/capture_overhead.py --device $DEV $CMP_SIZES
 # shellcheck disable=SC2086
-step memory "${LIMITS[2]}" $PY benchmarks/memory_scaling.py --device $DEV --model gpt2-random --layer 1 $MEM_SIZES
+want memory && step memory "${LIMITS[2]}" $PY benchmarks/memory_scaling.py --device $DEV --model gpt2-random --layer 1 $MEM_SIZES
 
-SECTIONS=(parity compare capture memory)
+SECTIONS=(parity parts compare capture memory)
 declare -A TITLES=(
   [compare]="Same statistics, three libraries, on CUDA (GPT-2-small-sized model, random weights)"
   [capture]="Capture overhead on CUDA"
   [memory]="Memory scaling on CUDA (layer 1 of the random GPT-2 (early stop))"
   [parity]="CUDA vs CPU parity"
+  [parts]="Where SiteStats.add spends its time on CUDA (one site, 8,192 tokens x 3,072 neurons)"
 )
 declare -A COMMANDS=(
   [compare]="python benchmarks/compare_libraries.py --device $DEV $CMP_SIZES"
   [capture]="python benchmarks/capture_overhead.py --device $DEV $CMP_SIZES (via benchmarks/_tokenizer_shim.py)"
   [memory]="python benchmarks/memory_scaling.py --device $DEV --model gpt2-random --layer 1 $MEM_SIZES"
   [parity]="python benchmarks/gpu_parity.py $PARITY_ARGS"
+  [parts]="python benchmarks/gpu_stats_parts.py $PARTS_ARGS"
 )
 GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 {

@@ -11,6 +11,9 @@ Usage::
     with monitor.trace() as record:              # your own forward
         model(**batch)
 
+Records live on the host by default. ``capture(..., keep_on="device")`` / ``trace(keep_on="device")`` keep them on
+the model's device (a GPU capture then never crosses to the host; ``record.to("cpu")`` moves it later).
+
 Hooks are registered inside a ``try`` and removed in ``finally`` (success, exception, KeyboardInterrupt); hooks the
 user registered are never touched. :func:`attach` is the hook primitive the streaming profiler shares: it knows
 nothing about statistics, only hands each site's tensor to a callback.
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id, to_device
 from neuron_core.errors import EmptyInputError, InputError, UnknownSiteError
 from neuron_core.sites import Site, SiteResolver
 
@@ -153,6 +156,15 @@ class ActivationRecord:
     def __getitem__(self, site: str | int | Site) -> torch.Tensor:
         return self.activations[self._key(site)]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the activations live (the host unless captured with ``keep_on``)."""
+        return next(iter(self.activations.values())).device if self.activations else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> ActivationRecord:
+        """A record with the activations on ``device`` (the per-token facts stay on the host)."""
+        return replace(self, activations={name: acts.to(device) for name, acts in self.activations.items()})
+
     def neuron(self, site: str | int | Site, index: int) -> torch.Tensor:
         """Activations of one neuron over every token: [n_tokens]."""
         acts = self[site]
@@ -167,15 +179,31 @@ class ActivationRecord:
         return slice(int(idx[0]), int(idx[-1]) + 1)
 
 
-def _strip(tensor: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """[B, T, ...] -> [n_real_tokens, features]; other shapes -> [rows, features]."""
+def _strip(tensor: torch.Tensor, mask: torch.Tensor | None, keep_on: torch.device | None = None,
+           index: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, ...] -> [n_real_tokens, features]; other shapes -> [rows, features]. Float32 on ``keep_on`` (None:
+    the host). ``index``: the real tokens' row-major positions, on the tensor's device (no host sync, unlike a
+    boolean mask)."""
     if mask is not None and tensor.dim() >= 2 and tuple(tensor.shape[:2]) == tuple(mask.shape):
-        kept = tensor[mask]  # [n_real, ...]
+        if index is not None:
+            kept = tensor.reshape(-1, *tensor.shape[2:]).index_select(0, index)
+        else:
+            kept = tensor[mask.to(tensor.device)]  # [n_real, ...]
     elif tensor.dim() >= 2:
         kept = tensor.reshape(-1, *tensor.shape[2:]) if tensor.dim() > 2 else tensor
     else:
         kept = tensor[:, None]
-    return kept.reshape(kept.shape[0], -1).float().cpu()
+    return kept.reshape(kept.shape[0], -1).float().to(keep_on or "cpu")
+
+
+def _keep_on(keep_on: str | torch.device, model_device: torch.device) -> torch.device:
+    """Where a capture keeps its activations: "cpu" (the host), "device" (the model's device) or a device."""
+    if keep_on == "device":
+        return model_device
+    try:
+        return torch.device(keep_on)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"keep_on must be 'cpu', 'device' or a torch device, not {keep_on!r}") from err
 
 
 class ActivationMonitor:
@@ -220,16 +248,21 @@ class ActivationMonitor:
     def capture(self, texts: str | Sequence[str] | torch.Tensor, *, max_length: int | None = None,
                 overflow: Overflow = "error", batch_size: int = 8,
                 padding_side: Literal["left", "right"] = "right",
-                sites: Sequence[str | int | Site] | None = None, stop_early: bool = True) -> ActivationRecord:
-        """Run texts (or a tensor of inputs) through the model and keep every registered site's activations."""
+                sites: Sequence[str | int | Site] | None = None, stop_early: bool = True,
+                keep_on: str | torch.device = "cpu") -> ActivationRecord:
+        """Run texts (or a tensor of inputs) through the model and keep every registered site's activations.
+
+        ``keep_on``: where the activations are kept: "cpu" (default), "device" (the model's device: a GPU capture
+        never crosses to the host) or any torch device."""
         chosen = self._active_sites(sites)
+        target = _keep_on(keep_on, self.interface.device)
         if self.interface.framework == "tensorflow":  # keras backend
             from neuron_core.keras_backend import capture_keras
 
             return capture_keras(self.interface, texts, chosen, batch_size=batch_size, max_length=max_length,
                                  overflow=overflow, padding_side=padding_side)
         if isinstance(texts, torch.Tensor):
-            return self._capture_tensor(texts, chosen)
+            return self._capture_tensor(texts, chosen, target)
         interface = self.interface
         segments = encode_texts(interface.tokenizer, texts, context_length=interface.context_length,
                                 overflow=overflow, max_length=max_length)
@@ -238,10 +271,10 @@ class ActivationMonitor:
         token_ids: list[torch.Tensor] = []
         doc_ids: list[torch.Tensor] = []
         positions: list[torch.Tensor] = []
-        current: dict[str, torch.Tensor | None] = {"mask": None}
+        current: dict[str, torch.Tensor | None] = {"mask": None, "index": None}
 
         def keep(site: Site, tensor: torch.Tensor) -> None:
-            parts[site.name].append(_strip(tensor, current["mask"]))
+            parts[site.name].append(_strip(tensor, current["mask"], target, current["index"]))
 
         model = interface.module
         device = interface.device
@@ -249,7 +282,8 @@ class ActivationMonitor:
         with attach(self.resolver, chosen, keep, stop_early=stop_early):
             for batch in make_batches(segments, batch_size=batch_size, pad_id=pad, padding_side=padding_side):
                 on_device = batch.to(device)
-                current["mask"] = on_device.mask
+                current["mask"] = batch.mask
+                current["index"] = to_device(batch.mask.flatten().nonzero().flatten(), device)
                 run_forward(model, on_device.model_kwargs(model))
                 doc, pos = batch.token_doc_pos()
                 token_ids.append(batch.input_ids[batch.mask])
@@ -269,13 +303,13 @@ class ActivationMonitor:
             _resolver=self.resolver,
         )
 
-    def _capture_tensor(self, inputs: torch.Tensor, chosen: list[Site]) -> ActivationRecord:
+    def _capture_tensor(self, inputs: torch.Tensor, chosen: list[Site], target: torch.device) -> ActivationRecord:
         if inputs.numel() == 0:
             raise EmptyInputError("empty input tensor")
         parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
 
         def keep(site: Site, tensor: torch.Tensor) -> None:
-            parts[site.name].append(_strip(tensor, None))
+            parts[site.name].append(_strip(tensor, None, target))
 
         with attach(self.resolver, chosen, keep):
             run_forward_positional(self.interface.module, inputs.to(self.interface.device))
@@ -295,12 +329,15 @@ class ActivationMonitor:
                                 _resolver=self.resolver)
 
     @contextmanager
-    def trace(self, sites: Sequence[str | int | Site] | None = None) -> Iterator[ActivationRecord]:
+    def trace(self, sites: Sequence[str | int | Site] | None = None,
+              keep_on: str | torch.device = "cpu") -> Iterator[ActivationRecord]:
         """Capture during your own forward passes: ``with monitor.trace() as record: model(**batch)``.
 
         The record is filled when the block exits. Padding is removed when the forward received an
-        ``attention_mask``; token strings come from ``input_ids`` when the forward received them.
+        ``attention_mask``; token strings come from ``input_ids`` when the forward received them. ``keep_on`` as
+        in :meth:`capture`.
         """
+        target = _keep_on(keep_on, self.interface.device)
         if self.interface.framework == "tensorflow":  # keras backend
             raise InputError("trace() reads PyTorch hooks and is not available for Keras models; "
                              "use monitor.capture(inputs) instead")
@@ -327,10 +364,10 @@ class ActivationMonitor:
         finally:
             if handle is not None:
                 handle.remove()
-        self._fill_from_trace(record, raw, calls)
+        self._fill_from_trace(record, raw, calls, target)
 
     def _fill_from_trace(self, record: ActivationRecord, raw: dict[str, list[torch.Tensor]],
-                         calls: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> None:
+                         calls: list[tuple[torch.Tensor | None, torch.Tensor | None]], target: torch.device) -> None:
         acts: dict[str, list[torch.Tensor]] = {name: [] for name in raw}
         ids_all: list[torch.Tensor] = []
         docs: list[torch.Tensor] = []
@@ -340,7 +377,7 @@ class ActivationMonitor:
             mask = attn.bool() if isinstance(attn, torch.Tensor) and attn.dim() == 2 else None
             for name, chunks in raw.items():
                 if call_index < len(chunks):
-                    acts[name].append(_strip(chunks[call_index], mask))
+                    acts[name].append(_strip(chunks[call_index], mask, target))
             if isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point():
                 m = mask if mask is not None else torch.ones_like(ids, dtype=torch.bool)
                 ids_all.append(ids[m].cpu())

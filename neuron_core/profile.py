@@ -35,6 +35,7 @@ from neuron_core.batching import (
     make_batches,
     pad_token_id,
     split_ids,
+    to_device,
 )
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
@@ -426,20 +427,22 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                 remaining = None if max_tokens is None else max_tokens - int(meta["n_tokens"])
                 if remaining is not None and remaining <= 0:
                     break
-                on_dev = batch.to(device)
-                mask = on_dev.mask
+                # Which tokens count, their places and contexts: worked out on the host, where the batch is, then
+                # copied without waiting; on a GPU nothing in this loop waits for the device.
+                mask = batch.mask
                 if remaining is not None and batch.n_tokens > remaining:
                     # keep exactly `remaining` tokens, in row-major order
                     keep = (mask.flatten().cumsum(0) <= remaining).view_as(mask)
                     mask = mask & keep
                     # the model still sees whole documents; only the statistics stop at the budget
-                index = current["index"] = mask.flatten().nonzero().flatten()  # the batch's tokens, row-major
-                doc = on_dev.doc_ids[:, None].expand_as(mask).reshape(-1)[index] + doc_offset
-                pos = (on_dev.starts[:, None] + on_dev.position_ids).reshape(-1)[index]
-                current["doc"], current["pos"] = doc, pos
-                current["ctx"] = batch_contexts(Batch(on_dev.input_ids, mask.long(), on_dev.position_ids,
-                                                      on_dev.doc_ids, on_dev.starts, "right"), before, after)
-                run_forward(module, on_dev.model_kwargs(module))
+                index = mask.flatten().nonzero().flatten()  # the batch's tokens, row-major
+                doc = batch.doc_ids[:, None].expand_as(mask).reshape(-1)[index] + doc_offset
+                pos = (batch.starts[:, None] + batch.position_ids).reshape(-1)[index]
+                ctx = batch_contexts(Batch(batch.input_ids, mask.long(), batch.position_ids, batch.doc_ids,
+                                           batch.starts, "right"), before, after)
+                for key, value in (("index", index), ("doc", doc), ("pos", pos), ("ctx", ctx)):
+                    current[key] = to_device(value, device)
+                run_forward(module, batch.to(device).model_kwargs(module))
                 n_new = int(mask.sum())
                 processed_any = processed_any or n_new > 0
                 meta["n_tokens"] = int(meta["n_tokens"]) + n_new
@@ -472,7 +475,7 @@ def _probe_widths(interface: ModelInterface, sites: list[Site]) -> dict[str, int
         widths[site.name] = int(tensor.shape[-1])
 
     ids = interface.tokenizer("hello", add_special_tokens=True)["input_ids"][:4] or [0]
-    t = torch.tensor([ids], device=interface.device)
+    t = to_device(torch.tensor([ids]), interface.device)
     batch = Batch(t, torch.ones_like(t), torch.arange(t.shape[1], device=t.device)[None], torch.zeros(1),
                   torch.zeros(1), "right")
     with attach(interface.resolver, sites, grab, stop_early=True):

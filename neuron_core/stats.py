@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from neuron_core.batching import to_device
 from neuron_core.errors import ProfileMismatchError
 
 __all__ = ["StatsConfig", "ExampleSet", "SiteStats", "hist_edges", "token_priority"]
@@ -170,8 +171,10 @@ class ExampleSet:
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
-        if self.sync_free:  # dense, no host sync (accelerators)
-            self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx, tie_break=True)
+        if self.sync_free:  # dense, no host sync (accelerators): the same update SiteStats makes
+            keys_t = _tie_broken((values if largest else -values).T.double(), doc[None, :], pos[None, :],
+                                 finite=not has_nan)
+            self.offer_dense(keys_t.nan_to_num_(nan=-math.inf), values.T, doc, pos, ctx)
             return
         # Pre-filter: only entries that can beat the neuron's current k-th key may enter (rare once warm). The
         # keys came from float32 values (plus tie-break bits), so comparing in float32 is exact; ties at the
@@ -182,7 +185,7 @@ class ExampleSet:
         if count == 0:
             return
         if count > n * self.n_neurons // 8:
-            self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx, tie_break=True)
+            self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx)
             return
         t_idx, n_idx = cand.nonzero(as_tuple=True)
         cand_keys = values[t_idx, n_idx].double()
@@ -197,8 +200,7 @@ class ExampleSet:
         if n == 0 or self.k == 0:
             return
         if self.sync_free:
-            keys = torch.where(eligible, row_keys[:, None], -math.inf)
-            self._offer_dense(keys, False, values, doc, pos, ctx)
+            self.offer_dense(torch.where(eligible.T, row_keys[None, :], -math.inf), values.T, doc, pos, ctx)
             return
         thr = self.threshold
         order = torch.argsort(row_keys, descending=True, stable=True)
@@ -226,29 +228,31 @@ class ExampleSet:
                     break
 
     def _offer_dense(self, keys: torch.Tensor, has_nan: bool, values: torch.Tensor, doc: torch.Tensor,
-                     pos: torch.Tensor, ctx: torch.Tensor, tie_break: bool = False) -> None:
-        """A per-neuron top-k of the batch's keys [n, N], then a merge with the kept entries.
-
-        ``tie_break``: the keys are float32 values (or their negation). On CPU the batch's k-th largest value per
-        neuron then becomes the pre-filter threshold and every value reaching it (ties included) goes through the
-        sparse path, where the tie-break decides; on accelerators the keys are tie-broken before a dense top-k.
-        Either way the kept set never depends on batching."""
+                     pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """CPU, when many entries pass the pre-filter: the batch's k-th largest value per neuron becomes the
+        threshold and every value reaching it (ties included) goes through the sparse path, where the tie-break
+        decides, so the kept set never depends on batching. keys [n, N] float32 values (or their negation)."""
         if has_nan:
             keys = torch.nan_to_num(keys, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
         kk = min(self.k, keys.shape[0])
-        if not self.sync_free:  # only value keys come here on CPU (the sample set walks its own path)
-            # row-wise top-k on a contiguous transposed copy is faster on CPU
-            top_keys = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False).values  # [N, kk]
-            cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
-            cand &= keys > -math.inf
-            t_idx, n_idx = cand.nonzero(as_tuple=True)
-            cand_keys = _tie_broken(keys[t_idx, n_idx].double(), doc[t_idx], pos[t_idx], finite=not has_nan)
-            self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
+        # row-wise top-k on a contiguous transposed copy is faster on CPU
+        top_keys = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False).values  # [N, kk]
+        cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
+        cand &= keys > -math.inf
+        t_idx, n_idx = cand.nonzero(as_tuple=True)
+        cand_keys = _tie_broken(keys[t_idx, n_idx].double(), doc[t_idx], pos[t_idx], finite=not has_nan)
+        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
+
+    def offer_dense(self, keys_t: torch.Tensor, values_t: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
+                    ctx: torch.Tensor) -> None:
+        """The sync-free update (fixed shapes, no host sync; accelerators): keys_t [N, n] float64, distinct where
+        they matter (tie-broken), -inf = not eligible; values_t [N, n] float32. A per-neuron top-k of the batch,
+        then a merge with the kept entries."""
+        kk = min(self.k, keys_t.shape[1])
+        if kk == 0:
             return
-        if tie_break:
-            keys = _tie_broken(keys.double(), doc[:, None], pos[:, None])
-        top_keys, top_tok = torch.topk(keys, kk, dim=0, sorted=False)  # [kk, N]
-        self._rebuild(top_keys.T.double(), top_tok.T, values, doc, pos, ctx)
+        top_keys, top_tok = torch.topk(keys_t, kk, dim=1, sorted=False)  # [N, kk]
+        self.merge_dense(top_keys, top_tok, values_t.gather(1, top_tok), doc, pos, ctx)
 
     def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
                       values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor,
@@ -315,28 +319,28 @@ class ExampleSet:
         self._ctx[neuron, free_slot] = ctx[t].to(torch.int32)
         self._sorted = False
 
-    def _rebuild(self, new_keys: torch.Tensor, tok: torch.Tensor, values: torch.Tensor, doc: torch.Tensor,
-                 pos: torch.Tensor, ctx: torch.Tensor) -> None:
-        """The sync-free merge for accelerators: candidates [N, c] for every neuron; all slots rebuilt, sorted."""
+    def merge_dense(self, new_keys: torch.Tensor, tok: torch.Tensor, new_vals: torch.Tensor, doc: torch.Tensor,
+                    pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """The sync-free merge (accelerators): candidates for every neuron, new_keys [N, c] float64 (-inf = none),
+        tok [N, c] their batch tokens, new_vals [N, c] their values; all slots rebuilt, sorted. No host sync."""
         k = self.k
         best_keys, sel = torch.topk(torch.cat([self._keys, new_keys], dim=1), k, dim=1)  # [N, k]
         from_new = sel >= k
-        t = tok.gather(1, (sel - k).clamp(min=0))  # [N, k] batch token of each new winner
+        col = (sel - k).clamp(min=0)
+        t = tok.gather(1, col)  # [N, k] batch token of each new winner
         old_sel = sel.clamp(max=k - 1)
-        neuron = torch.arange(self.n_neurons, device=values.device)[:, None]
-        new_vals = values[t, neuron.expand_as(t)].float()
         empty = torch.isinf(best_keys) & (best_keys < 0)  # fewer than k eligible entries so far
 
         def pick(current: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
             return torch.where(from_new, incoming, current.gather(1, old_sel))
 
-        self._values = pick(self._values, new_vals).masked_fill(empty, 0.0)
+        self._values = pick(self._values, new_vals.gather(1, col).float()).masked_fill(empty, 0.0)
         self._doc = pick(self._doc, doc[t]).masked_fill(empty, -1)
         self._pos = pick(self._pos, pos[t]).masked_fill(empty, -1)
         self._ctx = torch.where(from_new[..., None], ctx[t].to(torch.int32),
                                 self._ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
         self._ctx = self._ctx.masked_fill(empty[..., None], -1)
-        self._keys = best_keys
+        self._keys, self._sorted = best_keys, True
 
     def _merge(self, other: ExampleSet) -> None:
         """Keep the k best of this set and another one (all neurons)."""
@@ -392,7 +396,7 @@ class SiteStats:
         magnitudes = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)  # [K + 1]
         self._code_lo = int(_magnitude_codes(magnitudes[:1], cfg.hist_bits)[0])
         self._k_bins = magnitudes.numel() - 1
-        self.edges = torch.cat([-magnitudes.flip(0), magnitudes]).to(dev)  # [2K + 2] signed, increasing
+        self.edges = to_device(torch.cat([-magnitudes.flip(0), magnitudes]), dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1
         self.hist = torch.zeros((n_neurons, self.n_bins), dtype=torch.long, device=dev)
         width = cfg.context_width
@@ -413,12 +417,14 @@ class SiteStats:
         n = acts.shape[0]
         if n == 0:
             return
+        if self.sync_free:
+            self._add_sync_free(acts, doc, pos, ctx)
+            return
         vals = acts if acts.dtype == torch.float32 else acts.float()  # histogram and examples: float32
         x = acts.to(torch.float64, copy=True)  # [n, N] scratch; statistics accumulate in float64 whatever the dtype
         mean_b = x.sum(0) / n
-        # On CPU one check decides the path: a mean is finite iff every value is (no float64 overflow from float32).
-        # On GPU avoid the host sync: always take the masked path.
-        clean = not self.sync_free and bool(torch.isfinite(mean_b).all())
+        # One check decides the path: a mean is finite iff every value is (no float64 overflow from float32).
+        clean = bool(torch.isfinite(mean_b).all())
         if clean:
             nb = torch.full_like(mean_b, float(n))
             m2_b = x.sub_(mean_b).square_().sum(0)  # two-pass M2, in place on the scratch copy
@@ -435,15 +441,7 @@ class SiteStats:
             bmax = torch.where(finite, x, -math.inf).amax(0)
             finite_vals = torch.where(finite, vals, torch.nan)
         del x
-        # Chan et al. merge of (count, mean, M2) in float64.
-        total = self.count + nb
-        safe = total.clamp(min=1)
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * nb / safe
-        self.m2 = self.m2 + m2_b + delta * delta * self.count * nb / safe
-        self.count = total
-        self.min = torch.minimum(self.min, bmin)
-        self.max = torch.maximum(self.max, bmax)
+        self._merge_moments(nb, mean_b, m2_b, bmin, bmax)
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
         self.n_active += active.sum(0, dtype=torch.int32)
         self._add_histogram(finite_vals, has_nan=not clean)
@@ -454,6 +452,63 @@ class SiteStats:
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
+
+    def _add_sync_free(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """The accelerator path: fixed shapes, no host sync, few passes. Everything works on one neuron-major copy
+        [N, n] (row reductions and row-wise top-k read contiguous memory: a dim-0 ``topk`` on [n, N] measured
+        1.7 ms against 1.0 ms on an H200 for 8,192 x 3,072 float64). Equal to the CPU path (tests)."""
+        n, cfg = acts.shape[0], self.config
+        vt = torch.empty((self.n_neurons, n), dtype=torch.float32, device=acts.device).copy_(acts.T)  # [N, n]
+        finite = torch.isfinite(vt)
+        n_good = finite.sum(1)
+        self.n_nonfinite += n - n_good
+        vn = vt.masked_fill_(~finite, math.nan)  # in place on the copy: NaN marks the left-out values from here on
+        nb = n_good.double()
+        mean_b = torch.nansum(vn, 1, dtype=torch.float64) / nb.clamp(min=1)
+        dev = torch.sub(vn, mean_b[:, None])  # float64: exact deviations of the float32 values, as on CPU
+        m2_b = torch.nansum(dev.square_(), 1)
+        del dev
+        active = vn > cfg.active_threshold  # NaN compares False
+        self.n_active += active.sum(1, dtype=torch.int32)
+        self._add_histogram_t(vn, finite)
+        # Examples. Value keys carry the tie-break in their low mantissa bits (NaN stays NaN); the bottom set takes
+        # the smallest keys (torch.topk ranks NaN above every number, so left-out values come last), the top set
+        # the largest once NaN is -inf. The kept sets' extremes are the batch's min and max: no extra pass.
+        keys = (vn.double().view(torch.int64) | (_token_hash(doc, pos) & _LOW_BITS)[None, :]).view(torch.float64)
+        if self.bottom.k:
+            kb = min(self.bottom.k, n)
+            low, low_tok = torch.topk(keys, kb, dim=1, largest=False, sorted=False)
+            low = torch.where(torch.isnan(low), math.inf, low)
+            bmin = _float32_floor(low.amin(1)).double()
+            self.bottom.merge_dense(-low, low_tok, vn.gather(1, low_tok), doc, pos, ctx)
+        else:
+            bmin = vn.nan_to_num(nan=math.inf).amin(1).double()
+        keys.nan_to_num_(nan=-math.inf)
+        high, high_tok = torch.topk(keys, min(self.top.k, n), dim=1, sorted=False)
+        bmax = _float32_floor(high.amax(1)).double()
+        self.top.merge_dense(high, high_tok, vn.gather(1, high_tok), doc, pos, ctx)
+        del keys
+        self._merge_moments(nb, mean_b, m2_b, bmin, bmax)
+        if self.sample.k:
+            # the random sample: per token one key, the same for every neuron (its hash; smaller = kept first),
+            # eligible = active. int32 keys: a 32-bit top-k costs about half a 64-bit one.
+            neg_hash = (-_token_hash(doc, pos)).to(torch.int32)  # in (-2**31, 0]
+            skeys = torch.where(active, neg_hash[None, :], torch.iinfo(torch.int32).min)
+            top_s, s_tok = torch.topk(skeys, min(self.sample.k, n), dim=1, sorted=False)
+            chosen = torch.where(top_s == torch.iinfo(torch.int32).min, -math.inf, top_s.double() / float(1 << 31))
+            self.sample.merge_dense(chosen, s_tok, vn.gather(1, s_tok), doc, pos, ctx)
+
+    def _merge_moments(self, nb: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, bmin: torch.Tensor,
+                       bmax: torch.Tensor) -> None:
+        """Chan et al. merge of a batch's (count, mean, M2) in float64, and of its extremes."""
+        total = self.count + nb
+        safe = total.clamp(min=1)
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * nb / safe
+        self.m2 = self.m2 + m2_b + delta * delta * self.count * nb / safe
+        self.count = total
+        self.min = torch.minimum(self.min, bmin)
+        self.max = torch.maximum(self.max, bmax)
 
     def _add_histogram(self, vals: torch.Tensor, has_nan: bool) -> None:
         """vals [n, N] float32; with ``has_nan``, NaN marks values to leave out. Integer passes on the float's bits."""
@@ -468,11 +523,27 @@ class SiteStats:
         size = self.n_neurons * self.n_bins
         if has_nan:
             flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
-        if self.sync_free:  # bincount waits for the device (it sizes its output from the data): index_add_ does not
-            counts = torch.zeros(size + 1, dtype=torch.long, device=flat.device)
-            counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.long))
-        else:
-            counts = torch.bincount(flat, minlength=size + 1)
+        counts = torch.bincount(flat, minlength=size + 1)
+        self.hist += counts[:size].view(self.n_neurons, self.n_bins)
+
+    def _add_histogram_t(self, vt: torch.Tensor, finite: torch.Tensor) -> None:
+        """The sync-free histogram of vt [N, n] float32 (entries where ``finite`` is False are left out).
+        ``bincount`` waits for the device (it sizes its output from the data): ``index_add_`` does not."""
+        k = self._k_bins
+        bits = vt.view(torch.int32)
+        z = bits & 0x7FFFFFFF
+        z >>= 23 - self.config.hist_bits
+        z.sub_(self._code_lo - 1).clamp_(0, k + 1)
+        sign = bits >> 31
+        z.bitwise_xor_(sign).sub_(sign)
+        if self._bin_base.dtype == torch.int64:  # more than 2**31 bins in all
+            z = z.long()
+        z += self._bin_base[:, None]
+        size = self.n_neurons * self.n_bins
+        z.masked_fill_(~finite, size)  # left out: one extra slot, dropped
+        counts = torch.zeros(size + 1, dtype=torch.int32, device=z.device)
+        flat = z.reshape(-1)
+        counts.index_add_(0, flat, torch.ones(1, dtype=torch.int32, device=z.device).expand(flat.numel()))
         self.hist += counts[:size].view(self.n_neurons, self.n_bins)
 
     # -- readouts -------------------------------------------------------------------------------------------

@@ -109,6 +109,29 @@ def test_record_layout(tiny_gpt2):
         record["layer 1"]
 
 
+def test_keep_on_chooses_where_the_record_lives(tiny_gpt2):
+    """``keep_on`` moves only where the activations are kept: "device" (here the CPU model's device) equals the
+    default; "meta" stands in for an accelerator on this machine (no copy to the host: shapes only); a bad value is
+    a typed error before any forward; ``record.to`` moves a record."""
+    monitor = ActivationMonitor(tiny_gpt2, ["mlp.0", "mlp.2"])
+    default = monitor.capture(TEXTS, batch_size=3)
+    on_device = monitor.capture(TEXTS, batch_size=3, keep_on="device")
+    assert default.device == on_device.device == torch.device("cpu")
+    for site in default.sites:
+        assert torch.equal(default[site], on_device[site])
+    meta = monitor.capture(TEXTS, batch_size=3, keep_on="meta")
+    assert meta.device.type == "meta" and meta["mlp.2"].shape == default["mlp.2"].shape
+    assert meta.tokens == default.tokens and torch.equal(meta.positions, default.positions)
+    with monitor.trace(keep_on="meta") as traced:
+        with torch.no_grad():
+            tiny_gpt2.module(**tiny_gpt2.tokenizer(TEXTS[:1], return_tensors="pt"))
+    assert traced["mlp.0"].device.type == "meta"
+    with pytest.raises(InputError, match="keep_on"):
+        monitor.capture(TEXTS, keep_on="gpu-please")
+    moved = default.to("meta")
+    assert moved.device.type == "meta" and default.device.type == "cpu" and moved.tokens == default.tokens
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("which", ["gpt2", "smollm"])
 def test_padding_never_reaches_the_data(tiny_gpt2, smollm, side, which):
