@@ -58,10 +58,14 @@ $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
   || exit 3
 export PYTHONPATH=$SITE:$ROOT   # neuron_core from the working tree, not installed
 SKIP=""
+GPU_STEPS=" ${GPU_STEPS:-parity parts compare capture memory} "  # the steps to run, e.g. GPU_STEPS="parity parts"
+want() { [[ "$GPU_STEPS" == *" $1 "* ]]; }
 $PY -c "import neuron_core, torch; assert '$DEV' == 'cpu' or torch.cuda.is_available(), 'no CUDA'" || exit 4
-$PY -c "from transformer_lens.model_bridge import TransformerBridge" || { echo "TransformerLens does not import: skipped"; SKIP="tl"; }
-$PY -c "import nnsight" || { echo "nnsight does not import: skipped"; SKIP="${SKIP:+$SKIP,}nnsight"; }
-$PY -c "import transformers, torch, transformer_lens.model_bridge, nnsight, importlib.metadata as m; print('versions:', {d: m.version(d) for d in ('torch', 'transformers', 'transformer-lens', 'nnsight', 'datasets', 'pydantic')})" 2>/dev/null || true
+if want compare; then
+  $PY -c "from transformer_lens.model_bridge import TransformerBridge" || { echo "TransformerLens does not import: skipped"; SKIP="tl"; }
+  $PY -c "import nnsight" || { echo "nnsight does not import: skipped"; SKIP="${SKIP:+$SKIP,}nnsight"; }
+  $PY -c "import transformers, torch, transformer_lens.model_bridge, nnsight, importlib.metadata as m; print('versions:', {d: m.version(d) for d in ('torch', 'transformers', 'transformer-lens', 'nnsight', 'datasets', 'pydantic')})" 2>/dev/null || true
+fi
 
 step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the results, reports failure
   local name=$1 limit=$2; shift 2
@@ -78,18 +82,14 @@ step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the resu
   echo "   step $name: rc=$rc, $(cat "$STEPS/$name.secs") s, $(( $(date +%s) - T0 )) s since start"
 }
 
-# GPU_STEPS picks the steps (default: all, in this order); e.g. GPU_STEPS="parity parts" for a short look.
-GPU_STEPS=" ${GPU_STEPS:-parity parts compare capture memory} "
-want() { [[ "$GPU_STEPS" == *" $1 "* ]]; }
-
 # CUDA-vs-CPU parity first: the core's correctness on the device matters most (benchmarks/gpu_parity.py)
-if [ "${DRY_RUN:-0}" = 1 ]; then PARITY_ARGS="--dry-run --tokens 1500"; else PARITY_ARGS="--tokens 6000"; fi
+if [ "${DRY_RUN:-0}" = 1 ]; then PARITY_ARGS="--dry-run --tokens 1500"; else PARITY_ARGS="--tokens ${PARITY_TOKENS:-6000}"; fi
 # shellcheck disable=SC2086
 want parity && step parity "${PARITY_LIMIT:-100}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
 
 if [ "${DRY_RUN:-0}" = 1 ]; then PARTS_ARGS="--device cpu --tokens 512 --neurons 256"; else PARTS_ARGS=""; fi
 # shellcheck disable=SC2086
-want parts && step parts 150 $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
+want parts && step parts "${PARTS_LIMIT:-150}" $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
 # shellcheck disable=SC2086  # the size strings are meant to split
 want compare && step compare "${LIMITS[0]}" $PY benchmarks/compare_libraries.py --device $DEV $CMP_SIZES ${SKIP:+--skip $SKIP} \
   --json "$OUT/compare-gpu.json"

@@ -130,7 +130,23 @@ def sync_free_parity(tok, texts: list[str], max_tokens: int) -> None:
     step = 512
     acts_cpu = acts.cpu()
     d_gpu, p_gpu, c_gpu = doc.to(DEV), pos.to(DEV), ctx.to(DEV)
+    # The first add compiles the batch pass (torch.compile; compiling may synchronise): outside the check, and on
+    # a stand-in object so the compared statistics see every batch exactly once.
+    import warnings
+
+    from neuron_core import stats as stats_mod
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SiteStats(acts.shape[1], config=cfg, device=DEV, sync_free=True).add(acts[:step], d_gpu[:step], p_gpu[:step],
+                                                                             c_gpu[:step])
+    fell_back = [w for w in caught if "torch.compile" in str(w.message)]
+    compiled = DEV != "cpu" and stats_mod._COMPILED.get(DEV) not in (None, stats_mod._batch_pass)
+    print(f"  batch pass compiled with torch.compile: {compiled}"
+          + (f" (fell back: {fell_back[0].message})" if fell_back else ""))
     if DEV == "cuda":
+        check("sync-free path: torch.compile of the batch pass failed (eager fallback)", float(bool(fell_back)), 0.0,
+              fmt=".0f")
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
     try:

@@ -101,7 +101,13 @@ def main() -> None:
         counter[0] += 1
         stats.add(gen[i % S], doc[i % S] + 10**6 * counter[0], pos[i % S], ctx[i % S])
 
-    row("SiteStats.add, whole (sync-free path), one site", timed(full_add))
+    import neuron_core.stats as stats_mod
+
+    compiled = stats_mod._COMPILED.get(DEV) not in (None, stats_mod._batch_pass)
+    row(f"SiteStats.add, whole (sync-free path; batch pass compiled: {compiled}), one site", timed(full_add))
+    stats_mod.COMPILE = False
+    row("SiteStats.add, whole (sync-free path, batch pass eager)", timed(full_add))
+    stats_mod.COMPILE = True
     sync()
     t0 = time.perf_counter()
     full_add(0)

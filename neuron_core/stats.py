@@ -18,6 +18,8 @@ it merges exactly and does not depend on batching). Statistics don't know about 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -377,6 +379,64 @@ class ExampleSet:
         return self
 
 
+_INT32_MIN = -(2**31)
+COMPILE = os.environ.get("NEURON_CORE_COMPILE", "1") != "0"
+"""Compile the sync-free batch pass with ``torch.compile`` on accelerators (set NEURON_CORE_COMPILE=0 to stop)."""
+_COMPILED: dict[str, Any] = {}
+
+
+def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, bin_base: torch.Tensor, *,
+                threshold: float, code_lo: int, k_bins: int, shift: int, size: int, want_low: bool,
+                want_sample: bool) -> tuple[Any, ...]:
+    """Everything elementwise or row-wise the sync-free path needs from a batch's neuron-major activations
+    vt [N, n] float32 (any values; non-finite ones are left out), in one function that ``torch.compile`` fuses.
+
+    Returns n_good [N], mean and M2 of the finite values (float64; two-pass: exact float64 deviations), their min
+    and max, the active counts, the histogram counts [N * bins + 1] (last slot: left out), the top set's keys
+    [N, n] (float64 value with the tie-break hash in its low mantissa bits, -inf = left out), the bottom set's keys
+    (the same for -value; None unless ``want_low``) and the sample's int32 keys (minus the token hash where active,
+    int32 min elsewhere; None unless ``want_sample``)."""
+    finite = torch.isfinite(vt)
+    n_good = finite.sum(1)
+    vn = torch.where(finite, vt, math.nan)
+    mean_b = torch.nansum(vn, 1, dtype=torch.float64) / n_good.double().clamp(min=1)
+    m2_b = torch.nansum((vn.double() - mean_b[:, None]) ** 2, 1)
+    vmin = torch.where(finite, vt, math.inf).amin(1).double()
+    vmax = torch.where(finite, vt, -math.inf).amax(1).double()
+    active = vn > threshold  # NaN compares False
+    n_active = active.sum(1, dtype=torch.int32)
+    bits = vn.view(torch.int32)
+    z = (((bits & 0x7FFFFFFF) >> shift) - (code_lo - 1)).clamp(0, k_bins + 1)  # magnitude code: 0 = zero bin
+    sign = bits >> 31  # -1 where the sign bit is set, else 0
+    z = (z ^ sign) - sign + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
+    flat = torch.where(finite, z, size).reshape(-1)
+    ones = torch.ones(1, dtype=torch.int32, device=vt.device).expand(flat.numel())
+    counts = torch.zeros(size + 1, dtype=torch.int32, device=vt.device).index_add_(0, flat, ones)
+    keys = (vn.double().view(torch.int64) | hbits[None, :]).view(torch.float64)  # tie-broken (NaN stays NaN)
+    high = torch.where(finite, keys, -math.inf)
+    low = torch.where(finite, -keys, -math.inf) if want_low else None  # key of -value = -(key of value)
+    skeys = torch.where(active, neg_hash[None, :], _INT32_MIN) if want_sample else None
+    return n_good, mean_b, m2_b, vmin, vmax, n_active, counts, high, low, skeys
+
+
+def _run_batch_pass(vt: torch.Tensor, *args: Any, compile_key: str | None, **kwargs: Any) -> tuple[Any, ...]:
+    """:func:`_batch_pass`, compiled when ``compile_key`` is given (accelerators: the device type; once per process
+    and key, with dynamic shapes). If compiling fails (no Triton, no compiler), a warning says so once and the eager
+    version runs from then on."""
+    fn = _batch_pass if compile_key is None else _COMPILED.get(compile_key)
+    if fn is None:
+        fn = _COMPILED[compile_key] = torch.compile(_batch_pass, dynamic=True)  # type: ignore[index]
+    if fn is _batch_pass:
+        return _batch_pass(vt, *args, **kwargs)
+    try:
+        return fn(vt, *args, **kwargs)  # type: ignore[no-any-return]
+    except Exception as err:  # noqa: BLE001  (a compiler failure of any kind: fall back to the same function, eager)
+        warnings.warn(f"torch.compile of the statistics pass failed ({type(err).__name__}: {str(err)[:200]}); "
+                      "using eager kernels (slower, same results)", RuntimeWarning, stacklevel=3)
+        _COMPILED[compile_key] = _batch_pass  # type: ignore[index]
+        return _batch_pass(vt, *args, **kwargs)
+
+
 class SiteStats:
     """All streaming statistics of one site (see the module docstring). Tensors live on ``device``."""
 
@@ -456,47 +516,34 @@ class SiteStats:
     def _add_sync_free(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
         """The accelerator path: fixed shapes, no host sync, few passes. Everything works on one neuron-major copy
         [N, n] (row reductions and row-wise top-k read contiguous memory: a dim-0 ``topk`` on [n, N] measured
-        1.7 ms against 1.0 ms on an H200 for 8,192 x 3,072 float64). Equal to the CPU path (tests)."""
+        1.7 ms against 1.0 ms on an H200 for 8,192 x 3,072 float64). One elementwise pass (:func:`_batch_pass`,
+        compiled into a few fused kernels on accelerators) gives the moments, counts, histogram and the example
+        sets' keys; then one row-wise top-k per example set and a merge. Equal to the CPU path (tests)."""
         n, cfg = acts.shape[0], self.config
         vt = torch.empty((self.n_neurons, n), dtype=torch.float32, device=acts.device).copy_(acts.T)  # [N, n]
-        finite = torch.isfinite(vt)
-        n_good = finite.sum(1)
+        h = _token_hash(doc, pos)
+        out = _run_batch_pass(
+            vt, h & _LOW_BITS, (-h).to(torch.int32), self._bin_base, threshold=float(cfg.active_threshold),
+            code_lo=self._code_lo, k_bins=self._k_bins, shift=23 - cfg.hist_bits, size=self.n_neurons * self.n_bins,
+            want_low=self.bottom.k > 0, want_sample=self.sample.k > 0,
+            compile_key=acts.device.type if COMPILE and acts.device.type != "cpu" else None)
+        n_good, mean_b, m2_b, bmin, bmax, n_active, counts, high, low, skeys = out
         self.n_nonfinite += n - n_good
-        vn = vt.masked_fill_(~finite, math.nan)  # in place on the copy: NaN marks the left-out values from here on
-        nb = n_good.double()
-        mean_b = torch.nansum(vn, 1, dtype=torch.float64) / nb.clamp(min=1)
-        dev = torch.sub(vn, mean_b[:, None])  # float64: exact deviations of the float32 values, as on CPU
-        m2_b = torch.nansum(dev.square_(), 1)
-        del dev
-        active = vn > cfg.active_threshold  # NaN compares False
-        self.n_active += active.sum(1, dtype=torch.int32)
-        self._add_histogram_t(vn, finite)
-        # Examples. Value keys carry the tie-break in their low mantissa bits (NaN stays NaN); the bottom set takes
-        # the smallest keys (torch.topk ranks NaN above every number, so left-out values come last), the top set
-        # the largest once NaN is -inf. The kept sets' extremes are the batch's min and max: no extra pass.
-        keys = (vn.double().view(torch.int64) | (_token_hash(doc, pos) & _LOW_BITS)[None, :]).view(torch.float64)
-        if self.bottom.k:
-            kb = min(self.bottom.k, n)
-            low, low_tok = torch.topk(keys, kb, dim=1, largest=False, sorted=False)
-            low = torch.where(torch.isnan(low), math.inf, low)
-            bmin = _float32_floor(low.amin(1)).double()
-            self.bottom.merge_dense(-low, low_tok, vn.gather(1, low_tok), doc, pos, ctx)
-        else:
-            bmin = vn.nan_to_num(nan=math.inf).amin(1).double()
-        keys.nan_to_num_(nan=-math.inf)
-        high, high_tok = torch.topk(keys, min(self.top.k, n), dim=1, sorted=False)
-        bmax = _float32_floor(high.amax(1)).double()
-        self.top.merge_dense(high, high_tok, vn.gather(1, high_tok), doc, pos, ctx)
-        del keys
-        self._merge_moments(nb, mean_b, m2_b, bmin, bmax)
-        if self.sample.k:
-            # the random sample: per token one key, the same for every neuron (its hash; smaller = kept first),
-            # eligible = active. int32 keys: a 32-bit top-k costs about half a 64-bit one.
-            neg_hash = (-_token_hash(doc, pos)).to(torch.int32)  # in (-2**31, 0]
-            skeys = torch.where(active, neg_hash[None, :], torch.iinfo(torch.int32).min)
-            top_s, s_tok = torch.topk(skeys, min(self.sample.k, n), dim=1, sorted=False)
-            chosen = torch.where(top_s == torch.iinfo(torch.int32).min, -math.inf, top_s.double() / float(1 << 31))
-            self.sample.merge_dense(chosen, s_tok, vn.gather(1, s_tok), doc, pos, ctx)
+        self._merge_moments(n_good.double(), mean_b, m2_b, bmin, bmax)
+        self.n_active += n_active
+        self.hist += counts[:-1].view(self.n_neurons, self.n_bins)
+        # Examples: -inf keys are left out (non-finite values; inactive tokens for the sample).
+        top, tok = torch.topk(high, min(self.top.k, n), dim=1, sorted=False)
+        self.top.merge_dense(top, tok, vt.gather(1, tok), doc, pos, ctx)
+        if low is not None:  # keys of -value: the most negative values
+            top, tok = torch.topk(low, min(self.bottom.k, n), dim=1, sorted=False)
+            self.bottom.merge_dense(top, tok, vt.gather(1, tok), doc, pos, ctx)
+        if skeys is not None:
+            # the random sample: one key per token, the same for every neuron (minus its hash: the smallest hashes
+            # are kept), eligible = active; int32 keys: a 32-bit top-k costs about half a 64-bit one
+            top, tok = torch.topk(skeys, min(self.sample.k, n), dim=1, sorted=False)
+            chosen = torch.where(top == _INT32_MIN, -math.inf, top.double() / float(1 << 31))
+            self.sample.merge_dense(chosen, tok, vt.gather(1, tok), doc, pos, ctx)
 
     def _merge_moments(self, nb: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, bmin: torch.Tensor,
                        bmax: torch.Tensor) -> None:
@@ -524,26 +571,6 @@ class SiteStats:
         if has_nan:
             flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
         counts = torch.bincount(flat, minlength=size + 1)
-        self.hist += counts[:size].view(self.n_neurons, self.n_bins)
-
-    def _add_histogram_t(self, vt: torch.Tensor, finite: torch.Tensor) -> None:
-        """The sync-free histogram of vt [N, n] float32 (entries where ``finite`` is False are left out).
-        ``bincount`` waits for the device (it sizes its output from the data): ``index_add_`` does not."""
-        k = self._k_bins
-        bits = vt.view(torch.int32)
-        z = bits & 0x7FFFFFFF
-        z >>= 23 - self.config.hist_bits
-        z.sub_(self._code_lo - 1).clamp_(0, k + 1)
-        sign = bits >> 31
-        z.bitwise_xor_(sign).sub_(sign)
-        if self._bin_base.dtype == torch.int64:  # more than 2**31 bins in all
-            z = z.long()
-        z += self._bin_base[:, None]
-        size = self.n_neurons * self.n_bins
-        z.masked_fill_(~finite, size)  # left out: one extra slot, dropped
-        counts = torch.zeros(size + 1, dtype=torch.int32, device=z.device)
-        flat = z.reshape(-1)
-        counts.index_add_(0, flat, torch.ones(1, dtype=torch.int32, device=z.device).expand(flat.numel()))
         self.hist += counts[:size].view(self.n_neurons, self.n_bins)
 
     # -- readouts -------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -222,3 +223,56 @@ def test_config_validation():
         StatsConfig(top_k=0)
     with pytest.raises(ValueError):
         StatsConfig(hist_lo=10, hist_hi=1)
+
+
+def _pass_inputs(n_neurons: int, n_tok: int, seed: int):
+    from neuron_core.stats import _LOW_BITS, _token_hash
+
+    g = torch.Generator().manual_seed(seed)
+    vt = torch.randn(n_neurons, n_tok, generator=g) * 2
+    vt[:, ::7] = torch.round(vt[:, ::7])  # ties
+    vt[3, 5], vt[7, 9], vt[8, 10] = float("nan"), float("inf"), float("-inf")
+    doc, pos = torch.arange(n_tok) // 50, torch.arange(n_tok) % 50
+    h = _token_hash(doc, pos)
+    s = SiteStats(n_neurons)
+    kwargs = dict(threshold=0.0, code_lo=s._code_lo, k_bins=s._k_bins, shift=23 - s.config.hist_bits,
+                  size=n_neurons * s.n_bins, want_low=True, want_sample=True)
+    return (vt, h & _LOW_BITS, (-h).to(torch.int32), s._bin_base), kwargs
+
+
+def test_compiled_batch_pass_equals_eager():
+    """The accelerators run the batch pass through torch.compile (fused kernels): on CPU's compiler here, with
+    dynamic shapes (a second shape reuses the compiled code), it gives the eager results: integers, keys, extremes
+    bit for bit, float64 sums to rounding."""
+    from neuron_core.stats import _batch_pass
+
+    compiled = torch.compile(_batch_pass, dynamic=True)
+    names = "n_good mean m2 min max n_active counts high low sample_keys".split()
+    for shape in ((40, 300), (24, 517)):
+        args, kwargs = _pass_inputs(*shape, seed=shape[1])
+        got, want = compiled(*args, **kwargs), _batch_pass(*args, **kwargs)
+        for name, a, b in zip(names, got, want):
+            if name in ("mean", "m2"):
+                torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12)
+            else:
+                assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_batch_pass_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    from neuron_core import stats as stats_mod
+
+    def broken_compile(fn, **_kw):
+        def run(*_a, **_k):
+            raise RuntimeError("no triton here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(stats_mod, "_COMPILED", {})
+    args, kwargs = _pass_inputs(16, 64, seed=1)
+    with pytest.warns(RuntimeWarning, match="no triton here"):
+        first = stats_mod._run_batch_pass(*args, compile_key="fake-accelerator", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the second call goes straight to eager
+        second = stats_mod._run_batch_pass(*args, compile_key="fake-accelerator", **kwargs)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
