@@ -71,9 +71,8 @@ step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the resu
   local name=$1 limit=$2; shift 2
   local start; start=$(date +%s)
   echo; echo "== step $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" > "$STEPS/$name.out"
-  local rc=$?
-  cat "$STEPS/$name.out"
+  timeout --kill-after=10 "$limit" "$@" | tee "$STEPS/$name.out"  # tee: gpu.log keeps it even if all is cut
+  local rc=${PIPESTATUS[0]}
   echo "$(( $(date +%s) - start ))" > "$STEPS/$name.secs"
   if [ $rc -ne 0 ]; then
     local why="exit code $rc"; [ $rc -eq 124 ] && why="timed out after ${limit}s"
@@ -87,12 +86,12 @@ if [ "${DRY_RUN:-0}" = 1 ]; then PARITY_ARGS="--dry-run --tokens 1500"; else PAR
 # shellcheck disable=SC2086
 want parity && step parity "${PARITY_LIMIT:-100}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
 
-if [ "${DRY_RUN:-0}" = 1 ]; then PARTS_ARGS="--device cpu --tokens 512 --neurons 256"; else PARTS_ARGS=""; fi
-# shellcheck disable=SC2086
-want parts && step parts "${PARTS_LIMIT:-150}" $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
 # shellcheck disable=SC2086  # the size strings are meant to split
 want compare && step compare "${LIMITS[0]}" $PY benchmarks/compare_libraries.py --device $DEV $CMP_SIZES ${SKIP:+--skip $SKIP} \
   --json "$OUT/compare-gpu.json"
+if [ "${DRY_RUN:-0}" = 1 ]; then PARTS_ARGS="--device cpu --tokens 512 --neurons 256"; else PARTS_ARGS=""; fi
+# shellcheck disable=SC2086
+want parts && step parts "${PARTS_LIMIT:-150}" $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
 # shellcheck disable=SC2086
 want capture && step capture "${LIMITS[1]}" $PY benchmarks/_tokenizer_shim.py benchmarks/capture_overhead.py --device $DEV $CMP_SIZES
 # shellcheck disable=SC2086
