@@ -140,6 +140,7 @@ def main() -> None:
         gpu_text = gpu.read_text().strip()
         if gpu_text.startswith("# "):  # demote its title under ours
             gpu_text = gpu_text.split("\n", 1)[1].strip() if "\n" in gpu_text else ""
+        gpu_text = re.sub(r"^(#+) ", r"#\1 ", gpu_text, flags=re.M)  # its sections go under "## GPU"
         gpu_section = ("## GPU\n\nFrom `benchmarks/results-gpu.md`, written by `benchmarks/gpu.sh` on a GPU "
                        "machine:\n\n" + gpu_text)
     else:
