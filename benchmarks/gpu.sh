@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark comparison on CUDA, as one prepared script for a lent GPU machine (H100/H200, Python 3.12 at python3
-# with torch 2.11+cu130 and transformers 5.17; no network). About 5 minutes on an H200, imports included.
+# with torch 2.11+cu130 and transformers 5.17; no network). About 5 minutes on an H200, set-up included.
 #
 # Here, first:   bash benchmarks/gpu_wheels.sh      (fills .whl/: 12 wheels + SmolLM2's tokenizer, about 15 MiB)
 # There:         bash benchmarks/gpu.sh             (the device tool: command "bash benchmarks/gpu.sh",
@@ -9,16 +9,21 @@
 # `.venv-bench/bin/python benchmarks/run_all.py --only none` puts it into RESULTS.md) and $OUT/gpu.log.
 #
 # Steps (each under its own `timeout`, so one hung step cannot eat the budget; a failed step is reported and the
-# next one runs):
-#   0. gpu_parity.py: CUDA against CPU (captures, profiles, the sync-free statistics path with a host-sync check,
-#      bfloat16), run first: the core's correctness on the device matters most
-#   1. compare_libraries.py --device cuda: ours vs TransformerLens vs nnsight, GPT-2-small-sized random model
-#      (SmolLM2's weights are too big to travel), 6 batches of 32 x 256 tokens
-#   2. capture_overhead.py --device cuda, same sizes (through _tokenizer_shim.py: it loads SmolLM2 only for its
-#      tokenizer; the built-in corpus is too short for 8 x 32 x 512 tokens)
-#   3. memory_scaling.py --device cuda: layer 1 of the random GPT-2 (early stop), 10k / 100k / 1M tokens
-# Measured on an H200 (2026-11-27): about 300 s in all, plus the machine's start; use timeout_s 420.
-#
+# next one runs; each step's output is tee'd into gpu.log as it comes, so a run cut short keeps what it printed).
+# GPU_STEPS picks some of them, e.g. GPU_STEPS="parity compare parts" (PARITY_TOKENS, PARITY_LIMIT, PARTS_LIMIT
+# shorten those):
+#   parity   gpu_parity.py: CUDA against CPU (captures, profiles, the sync-free statistics against the CPU algorithm
+#            with ties, NaN and +-inf planted, no host sync inside SiteStats.add nor from neuron_core's lines in a
+#            whole profile, bfloat16), run first: the core's correctness on the device matters most
+#   compare  compare_libraries.py --device cuda: ours vs TransformerLens vs nnsight, GPT-2-small-sized random model
+#            (SmolLM2's weights are too big to travel), 6 batches of 32 x 256 tokens
+#   parts    gpu_stats_parts.py: SiteStats.add for one site (compiled and eager batch pass), the host's enqueue time,
+#            and torch.profiler's costliest kernels of 12 adds
+#   capture  capture_overhead.py --device cuda, same sizes (through _tokenizer_shim.py: it loads SmolLM2 only for
+#            its tokenizer; the built-in corpus is too short for 8 x 32 x 512 tokens)
+#   memory   memory_scaling.py --device cuda: layer 1 of the random GPT-2 (early stop), 10k / 100k / 1M tokens
+# Measured on an H200 (2026-11-27): all steps about 240 s plus about 50 s of set-up (wheels, imports) and the
+# machine's start; "parity compare parts" 190 s. Each Python process compiles the batch pass once (about 10 s).
 # Dry run of the script's plumbing on a machine without a GPU (tiny sizes, CPU; wheels built for that Python):
 #   DRY_RUN=1 WHEEL_DIR=/path/to/cp311-wheels PY=/path/to/python bash benchmarks/gpu.sh
 set -uo pipefail
