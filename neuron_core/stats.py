@@ -386,13 +386,16 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @functools.lru_cache(maxsize=16)
-def _bin_table(code_lo: int, k_bins: int, shift: int) -> torch.Tensor:
-    """[65536] int32: the signed offset from the zero bin of every float32 whose top 16 bits (read as an unsigned
-    number) are the index: the integer formula of :func:`_batch_pass`, evaluated once for every pattern."""
+def _bin_table(code_lo: int, k_bins: int, shift: int, device: str = "cpu") -> torch.Tensor:
+    """[65536] int32 on ``device``: the signed offset from the zero bin of every float32 whose top 16 bits (read as
+    an unsigned number) are the index: the integer formula of :func:`_batch_pass`, evaluated once for every
+    pattern (exact for ``shift`` >= 16). Shared: never modify it."""
     bits = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
     z = (((bits & 0x7FFFFFFF) >> shift) - (code_lo - 1)).clamp(0, k_bins + 1)
     sign = bits >> 31
-    return (z ^ sign) - sign
+    return to_device((z ^ sign) - sign, device)
+
+
 COMPILE = os.environ.get("NEURON_CORE_COMPILE", "1") != "0"
 """Compile the sync-free batch pass with ``torch.compile`` on accelerators (set NEURON_CORE_COMPILE=0 to stop)."""
 _COMPILED: dict[str, Any] = {}
@@ -579,7 +582,8 @@ class SiteStats:
         vals = vals.contiguous()
         high = vals.view(torch.uint16)[..., 1::2] if _LITTLE_ENDIAN else vals.view(torch.uint16)[..., 0::2]
         idx = high.to(torch.int32)
-        z = _bin_table(self._code_lo, self._k_bins, 23 - self.config.hist_bits).index_select(0, idx.view(-1))
+        table = _bin_table(self._code_lo, self._k_bins, 23 - self.config.hist_bits, str(vals.device))
+        z = table.index_select(0, idx.view(-1))
         z = z.view_as(idx) if self._bin_base.dtype == torch.int32 else z.view_as(idx).long()
         z += self._bin_base  # neuron * n_bins + (k + 1)
         flat = z.reshape(-1)

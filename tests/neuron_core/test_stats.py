@@ -276,3 +276,24 @@ def test_batch_pass_falls_back_to_eager_when_compiling_fails(monkeypatch):
         second = stats_mod._run_batch_pass(*args, compile_key="fake-accelerator", **kwargs)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_histogram_table_equals_the_bit_formula_on_edge_values():
+    """The CPU histogram looks bins up by the float's top 16 bits; the sync-free path computes them from all 32:
+    equal on signed zeros, subnormals, values at and beside bin edges, the extremes of the range, and infinities
+    and NaN (left out)."""
+    cfg = StatsConfig(top_k=2, bottom_k=1, n_samples=1)
+    edges = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)
+    specials = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, 3e38, -3e38, float("inf"), float("-inf"),
+                             float("nan"), 1.0, -1.0, 2.0**-30, 2.0**30])
+    beside = torch.cat([edges, -edges, torch.nextafter(edges, torch.tensor(0.0)),
+                        -torch.nextafter(edges, torch.tensor(float("inf")))])
+    vals = torch.cat([specials, beside]).float()
+    acts = vals[:, None].repeat(1, 3)  # three neurons, one token per value
+    doc, pos = torch.zeros(len(vals), dtype=torch.long), torch.arange(len(vals))
+    ctx = torch.zeros(len(vals), W, dtype=torch.int32)
+    a, b = SiteStats(3, config=cfg), SiteStats(3, config=cfg, sync_free=True)
+    a.add(acts, doc, pos, ctx)
+    b.add(acts, doc, pos, ctx)
+    assert torch.equal(a.hist, b.hist)
+    assert int(a.hist[0].sum()) == len(vals) - 3  # inf, -inf and NaN left out
