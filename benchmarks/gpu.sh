@@ -76,6 +76,7 @@ step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the resu
   local name=$1 limit=$2; shift 2
   local start; start=$(date +%s)
   echo; echo "== step $name (limit ${limit}s): $*"
+  echo "$*" > "$STEPS/$name.cmd"  # the results quote the command as it ran
   timeout --kill-after=10 "$limit" "$@" | tee "$STEPS/$name.out"  # tee: gpu.log keeps it even if all is cut
   local rc=${PIPESTATUS[0]}
   echo "$(( $(date +%s) - start ))" > "$STEPS/$name.secs"
@@ -102,20 +103,13 @@ want capture && step capture "${LIMITS[1]}" $PY benchmarks/_tokenizer_shim.py be
 # shellcheck disable=SC2086
 want memory && step memory "${LIMITS[2]}" $PY benchmarks/memory_scaling.py --device $DEV --model gpt2-random --layer 1 $MEM_SIZES
 
-SECTIONS=(parity parts compare capture memory)
+SECTIONS=(parity compare parts capture memory)  # the order they run in
 declare -A TITLES=(
   [compare]="Same statistics, three libraries, on CUDA (GPT-2-small-sized model, random weights)"
   [capture]="Capture overhead on CUDA"
   [memory]="Memory scaling on CUDA (layer 1 of the random GPT-2 (early stop))"
   [parity]="CUDA vs CPU parity"
   [parts]="Where SiteStats.add spends its time on CUDA (one site, 8,192 tokens x 3,072 neurons)"
-)
-declare -A COMMANDS=(
-  [compare]="python benchmarks/compare_libraries.py --device $DEV $CMP_SIZES"
-  [capture]="python benchmarks/capture_overhead.py --device $DEV $CMP_SIZES (via benchmarks/_tokenizer_shim.py)"
-  [memory]="python benchmarks/memory_scaling.py --device $DEV --model gpt2-random --layer 1 $MEM_SIZES"
-  [parity]="python benchmarks/gpu_parity.py $PARITY_ARGS"
-  [parts]="python benchmarks/gpu_stats_parts.py $PARTS_ARGS"
 )
 GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)
 {
@@ -130,7 +124,7 @@ GPU_NAME=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,
     echo
     echo "### ${TITLES[$s]:-$s}"
     echo
-    echo "Command: \`${COMMANDS[$s]:-$s}\` ($(cat "$STEPS/$s.secs" 2>/dev/null || echo '?') s)"
+    echo "Command: \`$(cat "$STEPS/$s.cmd" 2>/dev/null || echo "$s")\` ($(cat "$STEPS/$s.secs" 2>/dev/null || echo '?') s)"
     echo
     cat "$STEPS/$s.out"
   done

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neuron_core.stats import SiteStats, StatsConfig, token_priority  # noqa: E402
+from neuron_core.stats import SiteStats, StatsConfig  # noqa: E402
 
 DEV = "cuda"
 
@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sets", type=int, default=4, help="input sets in rotation")
     parser.add_argument("--parts", action="store_true",
-                        help="also time the pieces of the earlier (dim-0) algorithm and the primitives they could be "
-                             "built from (the table in benchmarks/results-gpu-parts.md)")
+                        help="also time the primitives a statistics pass can be built from (the first run's table, "
+                             "of the algorithm before 0aa8cde, is in benchmarks/results-gpu-parts.md)")
     args = parser.parse_args()
     global DEV
     DEV = args.device
@@ -129,11 +129,11 @@ def main() -> None:
         print_rows(rows, fwd, n, big_n)
         return
 
-    # -- its parts ---------------------------------------------------------------------------------------------
+    # -- the primitives a statistics pass can be built from (how 0aa8cde and 70efda7 were chosen) -------------
     row("acts.to(float64) copy", timed(lambda i: gen[i % S].to(torch.float64)))
     row("acts.sum(0) (one float32 read: bandwidth floor)", timed(lambda i: gen[i % S].sum(0)))
 
-    def moments_masked(i: int) -> None:
+    def moments_masked(i: int) -> None:  # NaN-aware float64 moments on [n, N], in separate eager kernels
         acts = gen[i % S]
         x = acts.double()
         finite = torch.isfinite(acts)
@@ -143,45 +143,12 @@ def main() -> None:
         torch.where(finite, (x - mean_b) ** 2, 0.0).sum(0)
         torch.where(finite, x, math.inf).amin(0)
         torch.where(finite, x, -math.inf).amax(0)
-        torch.where(finite, acts, torch.nan)
 
-    row("moments, masked float64 path as now", timed(moments_masked))
-
-    def moments_clean(i: int) -> None:
-        acts = gen[i % S]
-        x = acts.double()
-        m = x.sum(0) / n
-        x.sub_(m).square_().sum(0)
-        acts.amin(0)
-        acts.amax(0)
-
-    row("moments, clean two-pass path (CPU's)", timed(moments_clean))
-    nanned = [torch.where(torch.isfinite(g), g, torch.nan) for g in gen]
-    row("histogram (index_add_, sync-free)", timed(lambda i: stats._add_histogram(nanned[i % S], has_nan=True)))
-    row("active count ((x > 0).sum(0))", timed(lambda i: (nanned[i % S] > 0).sum(0, dtype=torch.int32)))
-    top, bottom, sample = stats.top, stats.bottom, stats.sample
-
-    def offer(ex, largest: bool):
-        def go(i: int) -> None:
-            counter[0] += 1
-            ex.offer_values(nanned[i % S], doc[i % S] + 10**6 * counter[0], pos[i % S], ctx[i % S],
-                            largest=largest, has_nan=True)
-        return go
-
-    row("top-32 offer_values (sync-free)", timed(offer(top, True)))
-    row("bottom-8 offer_values (sync-free)", timed(offer(bottom, False)))
-
-    def offer_sample(i: int) -> None:
-        counter[0] += 1
-        d = doc[i % S] + 10**6 * counter[0]
-        prio = -token_priority(d, pos[i % S])
-        sample.offer_ranked(prio, nanned[i % S] > 0, nanned[i % S], d, pos[i % S], ctx[i % S])
-
-    row("sample-32 offer_ranked (sync-free)", timed(offer_sample))
-
+    row("moments, masked float64, eager kernels", timed(moments_masked))
+    row("active count ((x > 0).sum(0))", timed(lambda i: (gen[i % S] > 0).sum(0, dtype=torch.int32)))
     # -- primitives --------------------------------------------------------------------------------------------
     g64 = [g.double() for g in gen]
-    row("topk k=32 float64 along dim 0 (as now)", timed(lambda i: torch.topk(g64[i % S], 32, dim=0, sorted=False)))
+    row("topk k=32 float64 along dim 0", timed(lambda i: torch.topk(g64[i % S], 32, dim=0, sorted=False)))
     row("topk k=32 float64, transposed contiguous, dim 1",
         timed(lambda i: torch.topk(g64[i % S].T.contiguous(), 32, dim=1, sorted=False)))
     row("topk k=32 float32 along dim 0", timed(lambda i: torch.topk(gen[i % S], 32, dim=0, sorted=False)))

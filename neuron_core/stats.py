@@ -76,6 +76,15 @@ def _magnitude_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
     return (x.view(torch.int32) & 0x7FFFFFFF) >> (23 - bits)
 
 
+def _bin_offset(x: torch.Tensor, code_lo: int, k_bins: int, bits: int) -> torch.Tensor:
+    """The signed offset of each float32 value's histogram bin from the zero bin (int32): -(k+1) .. k+1, 0 for
+    |x| below the smallest edge. Branch-free integer operations on the float's bits; NaN lands in an overflow bin
+    (callers leave it out)."""
+    z = (_magnitude_codes(x, bits) - (code_lo - 1)).clamp(0, k_bins + 1)  # 0: zero bin, k + 1: overflow
+    sign = x.view(torch.int32) >> 31  # -1 where the sign bit is set, else 0
+    return (z ^ sign) - sign
+
+
 def hist_edges(lo: float, hi: float, bits: int) -> torch.Tensor:
     """Magnitude edges m_0 < ... < m_K of the signed log histogram (float32, exact binary values).
 
@@ -128,15 +137,16 @@ class ExampleSet:
     While streaming, the slots are kept unsorted: a new entry overwrites the slot of the entry it evicts, so a batch
     writes only its winners (a few per neuron once warm) and never rebuilds the [N, k, W] contexts. Reading an
     attribute sorts once.
+
+    Two ways in: ``offer_values`` / ``offer_ranked`` pre-filter against each neuron's current k-th key (they read
+    counts back to the host: the CPU path), ``merge_dense`` takes fixed-shape candidates for every neuron and never
+    waits for the device (the accelerator path, fed by :class:`SiteStats`).
     """
 
     _FIELDS = ("keys", "values", "doc", "pos", "ctx")
 
-    def __init__(self, n_neurons: int, k: int, width: int, device: torch.device | str = "cpu",
-                 sync_free: bool | None = None) -> None:
+    def __init__(self, n_neurons: int, k: int, width: int, device: torch.device | str = "cpu") -> None:
         self.n_neurons, self.k, self.width = n_neurons, k, width
-        # sync_free: fixed-shape dense updates that never wait for the device (default: on for accelerators)
-        self.sync_free = torch.device(device).type != "cpu" if sync_free is None else sync_free
         self._keys = torch.full((n_neurons, k), -math.inf, dtype=torch.float64, device=device)
         self._values = torch.zeros((n_neurons, k), dtype=torch.float32, device=device)
         self._doc = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
@@ -175,11 +185,6 @@ class ExampleSet:
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
-        if self.sync_free:  # dense, no host sync (accelerators): the same update SiteStats makes
-            keys_t = _tie_broken((values if largest else -values).T.double(), doc[None, :], pos[None, :],
-                                 finite=not has_nan)
-            self.offer_dense(keys_t.nan_to_num_(nan=-math.inf), values.T, doc, pos, ctx)
-            return
         # Pre-filter: only entries that can beat the neuron's current k-th key may enter (rare once warm). The
         # keys came from float32 values (plus tie-break bits), so comparing in float32 is exact; ties at the
         # threshold stay candidates (the tie-break decides); NaN compares False.
@@ -202,9 +207,6 @@ class ExampleSet:
         mask [n, N] (the random sample: the key is a hash of the token's place, eligible = active)."""
         n = values.shape[0]
         if n == 0 or self.k == 0:
-            return
-        if self.sync_free:
-            self.offer_dense(torch.where(eligible.T, row_keys[None, :], -math.inf), values.T, doc, pos, ctx)
             return
         thr = self.threshold
         order = torch.argsort(row_keys, descending=True, stable=True)
@@ -246,17 +248,6 @@ class ExampleSet:
         t_idx, n_idx = cand.nonzero(as_tuple=True)
         cand_keys = _tie_broken(keys[t_idx, n_idx].double(), doc[t_idx], pos[t_idx], finite=not has_nan)
         self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
-
-    def offer_dense(self, keys_t: torch.Tensor, values_t: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
-                    ctx: torch.Tensor) -> None:
-        """The sync-free update (fixed shapes, no host sync; accelerators): keys_t [N, n] float64, distinct where
-        they matter (tie-broken), -inf = not eligible; values_t [N, n] float32. A per-neuron top-k of the batch,
-        then a merge with the kept entries."""
-        kk = min(self.k, keys_t.shape[1])
-        if kk == 0:
-            return
-        top_keys, top_tok = torch.topk(keys_t, kk, dim=1, sorted=False)  # [N, kk]
-        self.merge_dense(top_keys, top_tok, values_t.gather(1, top_tok), doc, pos, ctx)
 
     def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
                       values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor,
@@ -375,7 +366,6 @@ class ExampleSet:
         self.k, self._sorted = self._keys.shape[1], False
 
     def to(self, device: torch.device | str) -> ExampleSet:
-        self.sync_free = torch.device(device).type != "cpu"
         for name in self._FIELDS:
             setattr(self, f"_{name}", getattr(self, f"_{name}").to(device))
         return self
@@ -386,14 +376,11 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 @functools.lru_cache(maxsize=16)
-def _bin_table(code_lo: int, k_bins: int, shift: int, device: str = "cpu") -> torch.Tensor:
-    """[65536] int32 on ``device``: the signed offset from the zero bin of every float32 whose top 16 bits (read as
-    an unsigned number) are the index: the integer formula of :func:`_batch_pass`, evaluated once for every
-    pattern (exact for ``shift`` >= 16). Shared: never modify it."""
-    bits = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
-    z = (((bits & 0x7FFFFFFF) >> shift) - (code_lo - 1)).clamp(0, k_bins + 1)
-    sign = bits >> 31
-    return to_device((z ^ sign) - sign, device)
+def _bin_table(code_lo: int, k_bins: int, bits: int, device: str = "cpu") -> torch.Tensor:
+    """[65536] int32 on ``device``: :func:`_bin_offset` of every float32 whose top 16 bits (read as an unsigned
+    number) are the index (exact: the offset reads only the top 9 + ``bits`` <= 15 bits). Shared: never modify."""
+    patterns = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
+    return to_device(_bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
 
 
 COMPILE = os.environ.get("NEURON_CORE_COMPILE", "1") != "0"
@@ -402,7 +389,7 @@ _COMPILED: dict[str, Any] = {}
 
 
 def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, bin_base: torch.Tensor, *,
-                threshold: float, code_lo: int, k_bins: int, shift: int, size: int, want_low: bool,
+                threshold: float, code_lo: int, k_bins: int, bits: int, size: int, want_low: bool,
                 want_sample: bool) -> tuple[Any, ...]:
     """Everything elementwise or row-wise the sync-free path needs from a batch's neuron-major activations
     vt [N, n] float32 (any values; non-finite ones are left out), in one function that ``torch.compile`` fuses.
@@ -421,10 +408,7 @@ def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, b
     vmax = torch.where(finite, vt, -math.inf).amax(1).double()
     active = vn > threshold  # NaN compares False
     n_active = active.sum(1, dtype=torch.int32)
-    bits = vn.view(torch.int32)
-    z = (((bits & 0x7FFFFFFF) >> shift) - (code_lo - 1)).clamp(0, k_bins + 1)  # magnitude code: 0 = zero bin
-    sign = bits >> 31  # -1 where the sign bit is set, else 0
-    z = (z ^ sign) - sign + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
+    z = _bin_offset(vn, code_lo, k_bins, bits) + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
     flat = torch.where(finite, z, size).reshape(-1)
     ones = torch.ones(1, dtype=torch.int32, device=vt.device).expand(flat.numel())
     counts = torch.zeros(size + 1, dtype=torch.int32, device=vt.device).index_add_(0, flat, ones)
@@ -476,12 +460,12 @@ class SiteStats:
         self.n_bins = self.edges.numel() + 1
         self.hist = torch.zeros((n_neurons, self.n_bins), dtype=torch.long, device=dev)
         width = cfg.context_width
-        # sync_free (default: on for accelerators): no host sync per batch; fixed-shape dense example updates and
-        # the masked (NaN-aware) moments path every time, instead of the CPU's check-then-pre-filter path.
+        # sync_free (default: on for accelerators): no host sync per batch (fixed shapes, dense example updates, the
+        # NaN-aware moments every time) instead of the CPU's check-then-pre-filter path.
         self.sync_free = self.device.type != "cpu" if sync_free is None else sync_free
-        self.top = ExampleSet(n_neurons, cfg.top_k, width, dev, self.sync_free)
-        self.bottom = ExampleSet(n_neurons, cfg.bottom_k, width, dev, self.sync_free)
-        self.sample = ExampleSet(n_neurons, cfg.n_samples, width, dev, self.sync_free)
+        self.top = ExampleSet(n_neurons, cfg.top_k, width, dev)
+        self.bottom = ExampleSet(n_neurons, cfg.bottom_k, width, dev)
+        self.sample = ExampleSet(n_neurons, cfg.n_samples, width, dev)
         index_dtype = torch.int32 if n_neurons * self.n_bins < 2**31 - 1 else torch.int64
         self._bin_base = (torch.arange(n_neurons, device=dev) * self.n_bins + self._k_bins + 1).to(index_dtype)
 
@@ -540,7 +524,7 @@ class SiteStats:
         h = _token_hash(doc, pos)
         out = _run_batch_pass(
             vt, h & _LOW_BITS, (-h).to(torch.int32), self._bin_base, threshold=float(cfg.active_threshold),
-            code_lo=self._code_lo, k_bins=self._k_bins, shift=23 - cfg.hist_bits, size=self.n_neurons * self.n_bins,
+            code_lo=self._code_lo, k_bins=self._k_bins, bits=cfg.hist_bits, size=self.n_neurons * self.n_bins,
             want_low=self.bottom.k > 0, want_sample=self.sample.k > 0,
             compile_key=acts.device.type if COMPILE and acts.device.type != "cpu" else None)
         n_good, mean_b, m2_b, bmin, bmax, n_active, counts, high, low, skeys = out
@@ -582,7 +566,7 @@ class SiteStats:
         vals = vals.contiguous()
         high = vals.view(torch.uint16)[..., 1::2] if _LITTLE_ENDIAN else vals.view(torch.uint16)[..., 0::2]
         idx = high.to(torch.int32)
-        table = _bin_table(self._code_lo, self._k_bins, 23 - self.config.hist_bits, str(vals.device))
+        table = _bin_table(self._code_lo, self._k_bins, self.config.hist_bits, str(vals.device))
         z = table.index_select(0, idx.view(-1))
         z = z.view_as(idx) if self._bin_base.dtype == torch.int32 else z.view_as(idx).long()
         z += self._bin_base  # neuron * n_bins + (k + 1)

@@ -235,7 +235,7 @@ def _pass_inputs(n_neurons: int, n_tok: int, seed: int):
     doc, pos = torch.arange(n_tok) // 50, torch.arange(n_tok) % 50
     h = _token_hash(doc, pos)
     s = SiteStats(n_neurons)
-    kwargs = dict(threshold=0.0, code_lo=s._code_lo, k_bins=s._k_bins, shift=23 - s.config.hist_bits,
+    kwargs = dict(threshold=0.0, code_lo=s._code_lo, k_bins=s._k_bins, bits=s.config.hist_bits,
                   size=n_neurons * s.n_bins, want_low=True, want_sample=True)
     return (vt, h & _LOW_BITS, (-h).to(torch.int32), s._bin_base), kwargs
 
