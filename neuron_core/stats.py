@@ -114,17 +114,34 @@ def token_priority(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tens
 _LOW_BITS = (1 << 29) - 1  # the float64 mantissa bits below float32 precision
 
 
-def _tie_broken(keys: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
-    """Float64 keys that came from float32 values, made distinct: a hash of (document, position) fills the 29
-    mantissa bits below float32 precision. Distinct float32 values keep their order; equal ones are ordered by the
-    hash, so which of several tied tokens a set keeps does not depend on batching or on the slots' layout."""
-    marked = (keys.view(torch.int64) | (_token_hash(doc, pos) & _LOW_BITS)).view(torch.float64)
+def _tie_broken(keys: torch.Tensor, low_bits: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+    """Float64 keys that came from float32 values, made distinct: ``low_bits``, a hash of each entry's (document,
+    position) masked to ``_LOW_BITS``, fills the 29 mantissa bits below float32 precision. Distinct float32 values
+    keep their order; equal ones are ordered by the hash, so which of several tied tokens a set keeps does not
+    depend on batching or on the slots' layout."""
+    marked = (keys.view(torch.int64) | low_bits).view(torch.float64)
     return marked if finite else torch.where(torch.isinf(keys), keys, marked)
 
 
 def _float32_floor(keys: torch.Tensor) -> torch.Tensor:
     """The float32 value a tie-broken key came from (drops the hash bits; exact)."""
     return (keys.view(torch.int64) & ~_LOW_BITS).view(torch.float64).float()
+
+
+_GROUP_BY_TRANSPOSE = 4
+"""Above this many candidates per neuron on average, a neuron-major ``nonzero`` (one transposed copy of the mask)
+is cheaper than a row-major one followed by a sort by neuron."""
+
+
+def _nonzero_by_neuron(cand: torch.Tensor, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(neuron, row, grouped) indices of a mask [rows, N]'s True entries. Rows ascend within a neuron either way;
+    ``grouped`` says the entries also come sorted by neuron. ``count`` (the number of True entries) picks the
+    cheaper way; without it the mask is read in row-major order."""
+    if count is not None and count > _GROUP_BY_TRANSPOSE * cand.shape[1]:
+        n_idx, r_idx = cand.T.contiguous().nonzero(as_tuple=True)
+        return n_idx, r_idx, True
+    r_idx, n_idx = cand.nonzero(as_tuple=True)
+    return n_idx, r_idx, False
 
 
 class ExampleSet:
@@ -178,17 +195,22 @@ class ExampleSet:
 
     # -- update ---------------------------------------------------------------------------------------------
     def offer_values(self, values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, *,
-                     largest: bool = True, has_nan: bool = False) -> None:
+                     largest: bool = True, has_nan: bool = False, floor: torch.Tensor | None = None) -> None:
         """Offer a batch keyed by its values: values [n, N] float32 (NaN = left out); doc, pos [n]; ctx [n, W].
 
-        ``largest=False`` keeps the most negative values (the key is -value)."""
+        ``largest=False`` keeps the most negative values (the key is -value). ``floor`` [N] float32, optional: per
+        neuron a key that each of the batch's k best entries reaches (:class:`SiteStats` reads it off the batch's
+        histogram); it narrows the pre-filter while the set is still filling, and never changes the result."""
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
-        # Pre-filter: only entries that can beat the neuron's current k-th key may enter (rare once warm). The
-        # keys came from float32 values (plus tie-break bits), so comparing in float32 is exact; ties at the
-        # threshold stay candidates (the tie-break decides); NaN compares False.
+        # Pre-filter: only entries that can beat the neuron's current k-th key, and that reach the batch's own
+        # k-th key, may enter (rare once warm). The keys came from float32 values (plus tie-break bits), so
+        # comparing in float32 is exact; ties at the threshold stay candidates (the tie-break decides); NaN
+        # compares False.
         thr = _float32_floor(self.threshold)
+        if floor is not None:
+            thr = torch.maximum(thr, floor)
         cand = values >= thr if largest else values <= -thr
         count = int(torch.count_nonzero(cand))
         if count == 0:
@@ -196,10 +218,11 @@ class ExampleSet:
         if count > n * self.n_neurons // 8:
             self._offer_dense(values if largest else -values, has_nan, values, doc, pos, ctx)
             return
-        t_idx, n_idx = cand.nonzero(as_tuple=True)
+        n_idx, t_idx, grouped = _nonzero_by_neuron(cand, count)
         cand_keys = values[t_idx, n_idx].double()
-        cand_keys = _tie_broken(cand_keys if largest else -cand_keys, doc[t_idx], pos[t_idx])
-        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
+        low_bits = (_token_hash(doc, pos) & _LOW_BITS)[t_idx]
+        cand_keys = _tie_broken(cand_keys if largest else -cand_keys, low_bits)
+        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx, grouped=grouped)
 
     def offer_ranked(self, row_keys: torch.Tensor, eligible: torch.Tensor, values: torch.Tensor, doc: torch.Tensor,
                      pos: torch.Tensor, ctx: torch.Tensor) -> None:
@@ -221,11 +244,11 @@ class ExampleSet:
             elig = eligible[rows] if cols is None else eligible[rows][:, cols]  # [b, C]
             thr_c = thr if cols is None else thr[cols]
             cand = elig & (skeys[start:stop, None] > thr_c[None, :])
-            i_idx, c_idx = cand.nonzero(as_tuple=True)
+            c_idx, i_idx, grouped = _nonzero_by_neuron(cand, int(torch.count_nonzero(cand)))
             if i_idx.numel():
-                n_idx = c_idx if cols is None else cols[c_idx]
+                n_idx = c_idx if cols is None else cols[c_idx]  # cols is increasing: still grouped
                 self._offer_sparse(n_idx, rows[i_idx], skeys[start + i_idx], values, doc, pos, ctx,
-                                   key_ordered=True)
+                                   grouped=grouped, key_ordered=True)
                 thr = self.threshold
             start, step = stop, step * 4
             if start < n_live:
@@ -245,25 +268,30 @@ class ExampleSet:
         top_keys = torch.topk(keys.T.contiguous(), kk, dim=1, sorted=False).values  # [N, kk]
         cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
         cand &= keys > -math.inf
-        t_idx, n_idx = cand.nonzero(as_tuple=True)
-        cand_keys = _tie_broken(keys[t_idx, n_idx].double(), doc[t_idx], pos[t_idx], finite=not has_nan)
-        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx)
+        n_idx, t_idx, grouped = _nonzero_by_neuron(cand, int(torch.count_nonzero(cand)))
+        low_bits = (_token_hash(doc, pos) & _LOW_BITS)[t_idx]
+        cand_keys = _tie_broken(keys[t_idx, n_idx].double(), low_bits, finite=not has_nan)
+        self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx, grouped=grouped)
 
     def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
                       values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor,
-                      key_ordered: bool = False) -> None:
+                      grouped: bool = False, key_ordered: bool = False) -> None:
         """Candidates given as (neuron, batch token, key) triples: grouped by neuron into [R, width], merged.
 
-        ``key_ordered``: the triples come in descending key order (a stable grouping keeps it within a neuron)."""
+        ``grouped``: the triples come sorted by neuron. ``key_ordered``: the triples of a neuron come in
+        descending key order (a stable grouping keeps it)."""
         dev = values.device
-        order = torch.argsort(n_idx, stable=True)
-        n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
+        if not grouped:
+            order = torch.argsort(n_idx, stable=True)
+            n_idx, t_idx, cand_keys = n_idx[order], t_idx[order], cand_keys[order]
         counts = torch.bincount(n_idx, minlength=self.n_neurons)  # [N]
         rows = torch.nonzero(counts).flatten()  # [R]
         width = int(counts.max())
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(n_idx.numel(), device=dev) - starts[n_idx]  # rank within its neuron
-        if width > self.k:  # only a neuron's k best candidates can enter: cap the buffer
+        # Only a neuron's k best candidates can enter: cap the buffer when that is free (key order) or when the
+        # buffer would be wide (else the merge's top-k over k + width columns picks them: cheaper than sorting).
+        if width > self.k and (key_ordered or width > max(4 * self.k, 128)):
             keep = rank < self.k
             if not bool(keep.all()):
                 if not key_ordered:
@@ -458,6 +486,9 @@ class SiteStats:
         self._k_bins = magnitudes.numel() - 1
         self.edges = to_device(torch.cat([-magnitudes.flip(0), magnitudes]), dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1
+        inf = torch.full((1,), math.inf, device=dev)
+        self._bin_lower = torch.cat([-inf, self.edges])  # [bins] every value of a bin is >= its lower edge
+        self._bin_upper = torch.cat([self.edges, inf])  # ... and <= its upper edge
         self.hist = torch.zeros((n_neurons, self.n_bins), dtype=torch.long, device=dev)
         width = cfg.context_width
         # sync_free (default: on for accelerators): no host sync per batch (fixed shapes, dense example updates, the
@@ -504,11 +535,14 @@ class SiteStats:
         self._merge_moments(nb, mean_b, m2_b, bmin, bmax)
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
         self.n_active += active.sum(0, dtype=torch.int32)
-        self._add_histogram(finite_vals, has_nan=not clean)
-        # Examples: NaN marks left-out values; the sets never take them.
-        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean)
+        batch_hist = self._add_histogram(finite_vals, has_nan=not clean)
+        # Examples: NaN marks left-out values; the sets never take them. The batch's histogram bounds each set's
+        # candidates from the batch's side too (what keeps a set's first batches cheap).
+        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean,
+                              floor=self._batch_floor(batch_hist, self.top.k, largest=True))
         if self.bottom.k:
-            self.bottom.offer_values(finite_vals, doc, pos, ctx, largest=False, has_nan=not clean)
+            self.bottom.offer_values(finite_vals, doc, pos, ctx, largest=False, has_nan=not clean,
+                                     floor=self._batch_floor(batch_hist, self.bottom.k, largest=False))
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
@@ -557,8 +591,9 @@ class SiteStats:
         self.min = torch.minimum(self.min, bmin)
         self.max = torch.maximum(self.max, bmax)
 
-    def _add_histogram(self, vals: torch.Tensor, has_nan: bool) -> None:
-        """vals [n, N] float32; with ``has_nan``, NaN marks values to leave out (CPU path).
+    def _add_histogram(self, vals: torch.Tensor, has_nan: bool) -> torch.Tensor:
+        """vals [n, N] float32; with ``has_nan``, NaN marks values to leave out (CPU path). Returns the batch's
+        counts [N, bins].
 
         A value's bin depends only on the top 16 bits of its float32 pattern (sign, exponent and up to 7 mantissa
         bits; ``hist_bits`` <= 6): one table lookup per value (:func:`_bin_table`, the same integer formula as the
@@ -574,8 +609,19 @@ class SiteStats:
         size = self.n_neurons * self.n_bins
         if has_nan:
             flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
-        counts = torch.bincount(flat, minlength=size + 1)
-        self.hist += counts[:size].view(self.n_neurons, self.n_bins)
+        counts = torch.bincount(flat, minlength=size + 1)[:size].view(self.n_neurons, self.n_bins)
+        self.hist += counts
+        return counts
+
+    def _batch_floor(self, counts: torch.Tensor, k: int, *, largest: bool) -> torch.Tensor:
+        """[N] float32: per neuron a key that each of the batch's k best entries reaches, read off the batch's
+        histogram ``counts`` [N, bins]: the edge of the bin holding the k-th largest value (``largest``; the key is
+        the value) or the k-th smallest (the key is -value). -inf where a neuron has fewer than k values."""
+        if largest:
+            below = (counts.flip(1).cumsum(1) < k).sum(1)  # bins from the top before the k-th value's bin
+            return self._bin_lower[(self.n_bins - 1 - below).clamp(min=0)]
+        below = (counts.cumsum(1) < k).sum(1)
+        return -self._bin_upper[below.clamp(max=self.n_bins - 1)]
 
     # -- readouts -------------------------------------------------------------------------------------------
     @property
@@ -668,6 +714,7 @@ class SiteStats:
         for name in self._MOMENTS:
             setattr(self, name, getattr(self, name).to(self.device))
         self.edges = self.edges.to(self.device)
+        self._bin_lower, self._bin_upper = self._bin_lower.to(self.device), self._bin_upper.to(self.device)
         self._bin_base = self._bin_base.to(self.device)
         for ex in (self.top, self.bottom, self.sample):
             ex.to(self.device)

@@ -297,3 +297,58 @@ def test_histogram_table_equals_the_bit_formula_on_edge_values():
     b.add(acts, doc, pos, ctx)
     assert torch.equal(a.hist, b.hist)
     assert int(a.hist[0].sum()) == len(vals) - 3  # inf, -inf and NaN left out
+
+
+def test_batch_histogram_floor_is_safe_and_tight():
+    """The CPU pre-filter reads, per neuron, the edge of the batch histogram's bin that holds the k-th largest
+    (smallest) value: every one of the batch's k best values reaches it, and the next edge does not bound them.
+    Values sit on bin edges, in the overflow bins, at +-0; one neuron has fewer finite values than k."""
+    cfg = StatsConfig(top_k=5, bottom_k=3, n_samples=0)
+    edges = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)
+    g = torch.Generator().manual_seed(5)
+    pool = torch.cat([edges, -edges, torch.tensor([0.0, -0.0, 1e6, -1e6]), torch.randn(200, generator=g) * 3])
+    acts = pool[torch.randint(0, len(pool), (90, 12), generator=g)].float()
+    acts[3:, 11] = math.nan  # three finite values: fewer than k
+    stats = SiteStats(12, config=cfg)
+    counts = stats._add_histogram(torch.where(torch.isfinite(acts), acts, math.nan), has_nan=True)
+    assert torch.equal(counts, stats.hist)
+    lower = torch.cat([torch.tensor([-math.inf]), stats.edges])
+    for k, largest in ((5, True), (3, False)):
+        floor = stats._batch_floor(counts, k, largest=largest).double()
+        keys = acts.double() if largest else -acts.double()
+        for n in range(12):
+            finite = keys[:, n][torch.isfinite(keys[:, n])]
+            if finite.numel() < k:
+                assert floor[n] == -math.inf
+                continue
+            kth = torch.sort(finite, descending=True).values[k - 1]
+            assert kth >= floor[n]  # safe: the batch's k best all reach it
+            edge_keys = lower if largest else -torch.cat([stats.edges, torch.tensor([math.inf])])
+            above = edge_keys[edge_keys > floor[n]]
+            assert above.numel() == 0 or kth < above.min()  # tight: within the bin
+
+
+def test_histogram_floor_never_changes_the_kept_sets():
+    """The same batches offered with and without the histogram's floor keep the same entries (ties, NaN, values on
+    bin edges, one neuron far wider than the buffer cap)."""
+    from neuron_core.stats import ExampleSet
+
+    cfg = StatsConfig(top_k=6, bottom_k=4, n_samples=0)
+    edges = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)
+    g = torch.Generator().manual_seed(9)
+    n_tok = 900
+    acts = torch.round(torch.randn(n_tok, N, generator=g) * 4) / 4
+    acts[:, 2] = edges[100 + torch.randint(0, 3, (n_tok,), generator=g)]  # three values, all on edges
+    acts[::13, 7] = math.nan
+    doc, pos = torch.arange(n_tok) // 30, torch.arange(n_tok) % 30
+    ctx = torch.randint(0, 1000, (n_tok, W), generator=g, dtype=torch.int32)
+    with_floor = SiteStats(N, config=cfg)
+    _feed(with_floor, acts, doc, pos, ctx, [300, 17, 283, 300])
+    for largest, name in ((True, "top"), (False, "bottom")):
+        plain = ExampleSet(N, getattr(cfg, "top_k" if largest else "bottom_k"), W)
+        for lo, hi in ((0, 300), (300, 317), (317, 600), (600, 900)):
+            plain.offer_values(acts[lo:hi], doc[lo:hi], pos[lo:hi], ctx[lo:hi], largest=largest,
+                               has_nan=bool(torch.isnan(acts[lo:hi]).any()))
+        kept = getattr(with_floor, name)
+        for field in ("keys", "values", "doc", "pos", "ctx"):
+            assert torch.equal(getattr(plain, field), getattr(kept, field)), (name, field)
