@@ -170,6 +170,7 @@ class ExampleSet:
         self._pos = torch.full((n_neurons, k), -1, dtype=torch.long, device=device)
         self._ctx = torch.full((n_neurons, k, width), -1, dtype=torch.int32, device=device)
         self._sorted = True
+        self._empty = True  # nothing kept yet (the first write skips the merge)
 
     # -- sorted read access ---------------------------------------------------------------------------------
     def _ensure_sorted(self) -> None:
@@ -317,30 +318,41 @@ class ExampleSet:
         Each new winner overwrites the slot of an entry it evicts; only the winners' values, places and contexts
         are gathered and written."""
         k = self.k
-        old = self._keys if rows is None else self._keys[rows]  # [R, k]
-        _, sel = torch.topk(torch.cat([old, new_keys], dim=1), k, dim=1, sorted=False)  # [R, k]
-        won = sel >= k
-        kept = torch.zeros((sel.shape[0], k + 1), dtype=torch.bool, device=sel.device)
-        kept.scatter_(1, torch.where(won, k, sel), True)  # column k collects the new winners
-        # Row-major order pairs the j-th freed slot of a row with the j-th new winner of the same row: a row has
-        # exactly as many of each.
-        _, free_slot = (~kept[:, :k]).nonzero(as_tuple=True)
-        win_r, win_j = won.nonzero(as_tuple=True)
+        if self._empty:  # the first write: every slot is free, the winners are the k best candidates
+            if new_keys.shape[1] > k:
+                best, sel = torch.topk(new_keys, k, dim=1, sorted=False)  # [R, k]
+            else:
+                best, sel = new_keys, None
+            win_r, free_slot = (best > -math.inf).nonzero(as_tuple=True)  # padding never enters
+            col = free_slot if sel is None else sel[win_r, free_slot]
+            key = best[win_r, free_slot]
+        else:
+            old = self._keys if rows is None else self._keys[rows]  # [R, k]
+            _, sel = torch.topk(torch.cat([old, new_keys], dim=1), k, dim=1, sorted=False)  # [R, k]
+            won = sel >= k
+            kept = torch.zeros((sel.shape[0], k + 1), dtype=torch.bool, device=sel.device)
+            kept.scatter_(1, torch.where(won, k, sel), True)  # column k collects the new winners
+            # Row-major order pairs the j-th freed slot of a row with the j-th new winner of the same row: a row
+            # has exactly as many of each.
+            _, free_slot = (~kept[:, :k]).nonzero(as_tuple=True)
+            win_r, win_j = won.nonzero(as_tuple=True)
+            col = sel[win_r, win_j] - k
+            key = new_keys[win_r, col]
+            real = key > -math.inf  # padding (or -inf keys) only "wins" over empty slots: nothing to write
+            if not bool(real.all()):
+                free_slot, win_r, col, key = free_slot[real], win_r[real], col[real], key[real]
         if win_r.numel() == 0:
             return
-        col = sel[win_r, win_j] - k
-        key = new_keys[win_r, col]
-        real = key > -math.inf  # padding (or -inf keys) only "wins" over empty slots: nothing to write
-        if not bool(real.all()):
-            free_slot, win_r, col, key = free_slot[real], win_r[real], col[real], key[real]
         t = tok[win_r, col]
         neuron = win_r if rows is None else rows[win_r]
-        self._keys[neuron, free_slot] = key
-        self._values[neuron, free_slot] = values[t, neuron].float()
-        self._doc[neuron, free_slot] = doc[t]
-        self._pos[neuron, free_slot] = pos[t]
-        self._ctx[neuron, free_slot] = ctx[t].to(torch.int32)
-        self._sorted = False
+        # one flat index per written slot: index_copy_ is cheaper than two-index assignment (contexts above all)
+        slot = neuron * k + free_slot
+        self._keys.view(-1).index_copy_(0, slot, key)
+        self._values.view(-1).index_copy_(0, slot, values[t, neuron].float())
+        self._doc.view(-1).index_copy_(0, slot, doc.index_select(0, t))
+        self._pos.view(-1).index_copy_(0, slot, pos.index_select(0, t))
+        self._ctx.view(-1, self.width).index_copy_(0, slot, ctx.index_select(0, t).to(torch.int32))
+        self._sorted = self._empty = False
 
     def merge_dense(self, new_keys: torch.Tensor, tok: torch.Tensor, new_vals: torch.Tensor, doc: torch.Tensor,
                     pos: torch.Tensor, ctx: torch.Tensor) -> None:
@@ -363,7 +375,7 @@ class ExampleSet:
         self._ctx = torch.where(from_new[..., None], ctx[t].to(torch.int32),
                                 self._ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
         self._ctx = self._ctx.masked_fill(empty[..., None], -1)
-        self._keys, self._sorted = best_keys, True
+        self._keys, self._sorted, self._empty = best_keys, True, False
 
     def _merge(self, other: ExampleSet) -> None:
         """Keep the k best of this set and another one (all neurons)."""
@@ -375,7 +387,7 @@ class ExampleSet:
         self._pos = torch.cat([self._pos, other._pos], dim=1).gather(1, sel).masked_fill(empty, -1)
         ctx_all = torch.cat([self._ctx, other._ctx], dim=1)  # [N, 2k, W]
         self._ctx = ctx_all.gather(1, sel[..., None].expand(-1, -1, self.width)).masked_fill(empty[..., None], -1)
-        self._keys, self._sorted = best_keys, True
+        self._keys, self._sorted, self._empty = best_keys, True, False
 
     # -- combine, persist -----------------------------------------------------------------------------------
     def merge(self, other: ExampleSet) -> None:
@@ -390,8 +402,8 @@ class ExampleSet:
     def load(self, state: dict[str, torch.Tensor], prefix: str) -> None:
         dev = self._values.device
         for name in self._FIELDS:
-            setattr(self, f"_{name}", state[f"{prefix}.{name}"].to(dev).clone())
-        self.k, self._sorted = self._keys.shape[1], False
+            setattr(self, f"_{name}", state[f"{prefix}.{name}"].to(dev).clone(memory_format=torch.contiguous_format))
+        self.k, self._sorted, self._empty = self._keys.shape[1], False, False
 
     def to(self, device: torch.device | str) -> ExampleSet:
         for name in self._FIELDS:
