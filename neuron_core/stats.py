@@ -498,6 +498,7 @@ class SiteStats:
         self._k_bins = magnitudes.numel() - 1
         self.edges = to_device(torch.cat([-magnitudes.flip(0), magnitudes]), dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1
+        self._rows_seen = 0  # tokens streamed so far (with the stored counts, after a load): picks a pre-filter
         inf = torch.full((1,), math.inf, device=dev)
         self._bin_lower = torch.cat([-inf, self.edges])  # [bins] every value of a bin is >= its lower edge
         self._bin_upper = torch.cat([self.edges, inf])  # ... and <= its upper edge
@@ -548,13 +549,15 @@ class SiteStats:
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
         self.n_active += active.sum(0, dtype=torch.int32)
         batch_hist = self._add_histogram(finite_vals, has_nan=not clean)
-        # Examples: NaN marks left-out values; the sets never take them. The batch's histogram bounds each set's
-        # candidates from the batch's side too (what keeps a set's first batches cheap).
-        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean,
-                              floor=self._batch_floor(batch_hist, self.top.k, largest=True))
+        # Examples: NaN marks left-out values; the sets never take them. While the sets are cold (this batch is
+        # larger than everything before it), the batch's histogram bounds each set's candidates from the batch's
+        # side too: without it the first batch offers every value. Once warm, a set's own threshold is tighter.
+        top_floor, bottom_floor = (self._batch_floors(batch_hist) if self._rows_seen < n else (None, None))
+        self._rows_seen += n
+        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean, floor=top_floor)
         if self.bottom.k:
             self.bottom.offer_values(finite_vals, doc, pos, ctx, largest=False, has_nan=not clean,
-                                     floor=self._batch_floor(batch_hist, self.bottom.k, largest=False))
+                                     floor=bottom_floor)
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
@@ -625,15 +628,18 @@ class SiteStats:
         self.hist += counts
         return counts
 
-    def _batch_floor(self, counts: torch.Tensor, k: int, *, largest: bool) -> torch.Tensor:
-        """[N] float32: per neuron a key that each of the batch's k best entries reaches, read off the batch's
-        histogram ``counts`` [N, bins]: the edge of the bin holding the k-th largest value (``largest``; the key is
-        the value) or the k-th smallest (the key is -value). -inf where a neuron has fewer than k values."""
-        if largest:
-            below = (counts.flip(1).cumsum(1) < k).sum(1)  # bins from the top before the k-th value's bin
-            return self._bin_lower[(self.n_bins - 1 - below).clamp(min=0)]
-        below = (counts.cumsum(1) < k).sum(1)
-        return -self._bin_upper[below.clamp(max=self.n_bins - 1)]
+    def _batch_floors(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per neuron, from the batch's histogram ``counts`` [N, bins]: a key that each of the batch's top-k
+        entries reaches (the lower edge of the bin holding the k-th largest value), and the same for the bottom-k
+        (minus the upper edge of the bin holding the k-th smallest); [N] float32 each, -inf where a neuron has
+        fewer than k values."""
+        cum = counts.cumsum(1)  # values in this bin or below
+        total = cum[:, -1:]
+        # bins, counted from the top, whose bin-and-above count is still below k: (total - cum + counts) < k
+        above = ((cum - counts) > total - self.top.k).sum(1)
+        below = (cum < self.bottom.k).sum(1)
+        return (self._bin_lower[(self.n_bins - 1 - above).clamp(min=0)],
+                -self._bin_upper[below.clamp(max=self.n_bins - 1)])
 
     # -- readouts -------------------------------------------------------------------------------------------
     @property
@@ -688,6 +694,7 @@ class SiteStats:
         self.n_active += o.n_active
         self.n_nonfinite += o.n_nonfinite
         self.hist += o.hist
+        self._rows_seen += o._rows_seen
         self.top.merge(o.top)
         self.bottom.merge(o.bottom)
         self.sample.merge(o.sample)
@@ -715,6 +722,7 @@ class SiteStats:
         p = f"{prefix}." if prefix else ""
         for name in cls._MOMENTS:
             setattr(stats, name, state[f"{p}{name}"].to(stats.device).clone())
+        stats._rows_seen = int(stats.count.max()) if n else 0
         stats.top.load(state, f"{p}top")
         stats.bottom.load(state, f"{p}bottom")
         stats.sample.load(state, f"{p}sample")

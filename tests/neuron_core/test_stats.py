@@ -313,8 +313,8 @@ def test_batch_histogram_floor_is_safe_and_tight():
     counts = stats._add_histogram(torch.where(torch.isfinite(acts), acts, math.nan), has_nan=True)
     assert torch.equal(counts, stats.hist)
     lower = torch.cat([torch.tensor([-math.inf]), stats.edges])
-    for k, largest in ((5, True), (3, False)):
-        floor = stats._batch_floor(counts, k, largest=largest).double()
+    top_floor, bottom_floor = stats._batch_floors(counts)
+    for k, largest, floor in ((5, True, top_floor.double()), (3, False, bottom_floor.double())):
         keys = acts.double() if largest else -acts.double()
         for n in range(12):
             finite = keys[:, n][torch.isfinite(keys[:, n])]
