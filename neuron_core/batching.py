@@ -184,6 +184,31 @@ def make_batches(segments: Iterable[Segment], *, batch_size: int, pad_id: int,
         yield _collate(chunk, pad_id, padding_side)
 
 
+def document_windows(segments: Iterable[Segment], *, size: int) -> Iterator[list[Segment]]:
+    """Consecutive segments in groups of whole documents, each group at least ``size`` segments (the last one may
+    be smaller): a document never spans two groups, so each group's end is a safe point to checkpoint."""
+    if size < 1:
+        raise InputError(f"size must be >= 1, got {size}")
+    window: list[Segment] = []
+    for segment in segments:
+        window.append(segment)
+        if len(window) >= size and segment.final:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def length_sorted_batches(window: Sequence[Segment], *, batch_size: int, pad_id: int,
+                          padding_side: Literal["left", "right"] = "right") -> Iterator[tuple[Batch, list[int]]]:
+    """Batches of ``window``'s segments sorted by length (stable), so rows of one batch have about the same length
+    and padding is small; each with the indices of its rows in ``window``."""
+    order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        yield _collate([window[i] for i in rows], pad_id, padding_side), rows
+
+
 def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:
     width = max(len(s.ids) for s in chunk)
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)  # [B, T]

@@ -35,8 +35,11 @@ def full(tiny_gpt2, docs):
     return profile(tiny_gpt2, None, docs, **KW)
 
 
-def test_profile_equals_full_capture(tiny_gpt2, docs, full):
-    record = ActivationMonitor(tiny_gpt2).capture(docs, batch_size=16)
+def test_profile_equals_full_capture(tiny_gpt2, docs):
+    # One document per batch on both sides: the same forward shapes, so the same activations to the bit (the
+    # profile batches documents by length, and a batch's shape can change the last bit of an activation).
+    full = profile(tiny_gpt2, None, docs, **{**KW, "batch_size": 1})
+    record = ActivationMonitor(tiny_gpt2).capture(docs, batch_size=1)
     assert full.n_tokens == len(record) > 3000
     for site in full.site_names:
         x = record[site].double()
@@ -61,8 +64,9 @@ def test_profile_equals_full_capture(tiny_gpt2, docs, full):
 
 
 def test_merge_equals_joint(tiny_gpt2, docs, full):
-    a = profile(tiny_gpt2, None, docs[:160], **KW)
-    b = profile(tiny_gpt2, None, docs[160:], doc_offset=160, **KW)
+    # Shards split at a batching window (16 batches of 16 documents): the same batches, so equal to the bit.
+    a = profile(tiny_gpt2, None, docs[:256], **KW)
+    b = profile(tiny_gpt2, None, docs[256:], doc_offset=256, **KW)
     merged = a.merge(b)
     assert merged.n_tokens == full.n_tokens
     for site in full.site_names:
@@ -71,17 +75,26 @@ def test_merge_equals_joint(tiny_gpt2, docs, full):
         torch.testing.assert_close(m.var, f.var, rtol=0, atol=1e-12)
         assert torch.equal(m.hist, f.hist) and torch.equal(m.top.values, f.top.values)
         assert torch.equal(m.sample.doc, f.sample.doc) and torch.equal(m.sample.pos, f.sample.pos)
+    # Split anywhere else, the shards' batches differ: activations agree to float rounding, the kept tokens and
+    # the counts (sample, activity) exactly.
+    c = profile(tiny_gpt2, None, docs[:160], **KW).merge(profile(tiny_gpt2, None, docs[160:], doc_offset=160, **KW))
+    for site in full.site_names:
+        m, f = c[site].stats, full[site].stats
+        torch.testing.assert_close(m.mean, f.mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(m.top.values, f.top.values, rtol=0, atol=1e-5)
+        assert torch.equal(m.top.doc, f.top.doc) and torch.equal(m.top.pos, f.top.pos)
+        assert torch.equal(m.sample.doc, f.sample.doc) and torch.equal(m.n_active, f.n_active)
     with pytest.raises(ProfileMismatchError, match="overlap"):
         a.merge(a)
 
 
 def test_resume_equals_uninterrupted(tiny_gpt2, docs, full, tmp_path):
     class Interrupting:
-        """The same documents, but Ctrl-C after 200 of them."""
+        """The same documents, but Ctrl-C after 300 of them (the first batching window ends at 256)."""
 
         def __iter__(self):
             for i, text in enumerate(docs):
-                if i == 200:
+                if i == 300:
                     raise KeyboardInterrupt
                 yield text
 
@@ -90,7 +103,7 @@ def test_resume_equals_uninterrupted(tiny_gpt2, docs, full, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         profile(tiny_gpt2, None, interrupted, checkpoint=ckpt, checkpoint_every=3, **KW)
     saved = json.loads((ckpt / "profile.json").read_text())["meta"]
-    assert 0 < saved["next_doc"] <= 200 and not saved["complete"]
+    assert saved["next_doc"] == 256 and saved["n_docs"] == 256 and not saved["complete"]
     resumed = profile(tiny_gpt2, None, docs, checkpoint=ckpt, resume=True, **KW)
     assert resumed.meta["complete"] and resumed.n_tokens == full.n_tokens
     for site in full.site_names:
@@ -131,6 +144,31 @@ def test_max_tokens_exact_and_early_stop(tiny_gpt2, docs):
     assert prof.n_tokens == 1000 and int(prof["layer 1"].count[0]) == 1000
     assert calls == [], "block 2 ran although only layer 1 was profiled"
     assert prof.site_names == ["blocks.1.mlp.hook_post"]
+    # the budget is spent in corpus order: the first 1,000 tokens, whatever order the batches ran in
+    first = profile(tiny_gpt2, ["layer 1"], docs, max_tokens=1000, **{**KW, "batch_size": 1})
+    record = ActivationMonitor(tiny_gpt2, ["layer 1"]).capture(docs[:80], batch_size=1)
+    x = record["blocks.1.mlp.hook_post"][:1000].double()
+    torch.testing.assert_close(first["layer 1"].max, x.max(0).values, rtol=0, atol=0)
+    torch.testing.assert_close(first["layer 1"].mean, x.mean(0), rtol=0, atol=1e-9)
+    last_doc = int(record.doc_ids[999])
+    assert first.meta["next_doc"] - 1 == last_doc and int(prof["layer 1"].stats.top.doc.max()) <= last_doc
+
+
+def test_batches_sorted_by_length_pad_little(tiny_gpt2, docs):
+    """Documents are batched by length within windows: the model runs on few padded positions (corpus order,
+    batches of 16: about 1.6 positions per token on the built-in corpus)."""
+    shapes = []
+    block = tiny_gpt2.module.transformer.h[0]
+    handle = block.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape[:2]))
+    try:
+        prof = profile(tiny_gpt2, ["layer 0"], docs, **KW)
+    finally:
+        handle.remove()
+    positions = sum(b * t for b, t in shapes)
+    lengths = [len(tiny_gpt2.tokenizer(d)["input_ids"]) for d in docs]
+    in_order = sum(max(lengths[i:i + 16]) * len(lengths[i:i + 16]) for i in range(0, len(docs), 16))
+    assert prof.n_tokens == sum(lengths)
+    assert positions <= 1.15 * prof.n_tokens < in_order
 
 
 def test_bad_inputs_fail_before_work(tiny_gpt2, tmp_path):
