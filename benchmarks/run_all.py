@@ -51,6 +51,12 @@ STEPS = [
           "--batch-size", "4", "--seq", "64"],
          "The same comparison on a gated-MLP (Llama-family) model with real weights: the neurons are the input of "
          "mlp.down_proj, act(gate) * up."),
+    Step("corpus-batching", "Profiling the built-in corpus: batches by length",
+         ["benchmarks/corpus_batching.py", "--docs", "800", "--rounds", "2"],
+         ["benchmarks/corpus_batching.py", "--docs", "64", "--rounds", "1", "--batch-sizes", "16"],
+         "The library comparisons use equal-length rows (no padding); real corpora have documents of very "
+         "different lengths. `profile` batches documents by length within windows of 16 batches; the baseline is "
+         "the same call with batches in corpus order."),
     Step("memory", "Memory scaling",
          ["benchmarks/memory_scaling.py", "--tokens", "10000,100000,1000000"],
          ["benchmarks/memory_scaling.py", "--tokens", "2000,6000"],
