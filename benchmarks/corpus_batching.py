@@ -18,8 +18,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-
 from _common import markdown_table
+
 from neuron_core import ModelInterface, profile
 from neuron_core.batching import Batch, Segment, _collate
 
@@ -75,7 +75,8 @@ def main() -> None:
             times[key].append(seconds)
             counts[key] = (n_tokens, positions)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, cpu; "
-          f"torch {torch.__version__}\nmodel: SmolLM2-135M-Instruct (bundled GGUF), all 30 MLP sites, default statistics; "
+          f"torch {torch.__version__}\n"
+          "model: SmolLM2-135M-Instruct (bundled GGUF), all 30 MLP sites, default statistics; "
           f"the first {len(texts)} documents of the built-in corpus ({counts[next(iter(counts))][0]:,} tokens); "
           f"{args.rounds} interleaved rounds, medians\n")
     rows = []
