@@ -49,7 +49,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt benchmarks/requirements.txt
 
 bench-install: $(BENCH_STAMP)
 
-# All benchmarks (about 35 minutes on 2 CPU cores), then benchmarks/RESULTS.md is written anew.
+# All benchmarks (about 25 minutes on 2 CPU cores), then benchmarks/RESULTS.md is written anew.
 bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python benchmarks/run_all.py
 
