@@ -46,7 +46,7 @@ class Plan(BaseModel):
     neurons: list[str] = Field(default_factory=list, max_length=20, description="neuron ids to explain, L6/N1234")
     corpus: str = Field(default="builtin", min_length=1, max_length=500)
     max_tokens: int = Field(default=20_000, ge=64, le=5_000_000)
-    batch_size: int = Field(default=16, ge=1, le=256)
+    batch_size: int = Field(default=64, ge=1, le=256)
     max_neurons: int = Field(default=64, ge=1, le=8192)
     top_n: int = Field(default=5, ge=1, le=50)
     analyses: list[Analysis] = Field(default_factory=lambda: list(ANALYSES))

@@ -27,12 +27,19 @@ PROFILE_MODULE = sys.modules["neuron_core.profile"]
 SORTED = PROFILE_MODULE.length_sorted_batches
 
 
-def corpus_order_batches(window: Sequence[Segment], *, batch_size: int, pad_id: int,
+def corpus_order_batches(window: Sequence[Segment], *, batch_size: int, pad_id: int, max_tokens: int | None = None,
                          padding_side: str = "right") -> Iterator[tuple[Batch, list[int]]]:
-    """The baseline: the window's segments in corpus order, ``batch_size`` at a time."""
-    for start in range(0, len(window), batch_size):
-        rows = list(range(start, min(start + batch_size, len(window))))
-        yield _collate([window[i] for i in rows], pad_id, padding_side), rows
+    """The baseline: the window's segments in corpus order, at most ``batch_size`` rows and ``max_tokens``
+    positions a batch (the same limits as ours)."""
+    rows: list[int] = []
+    for i, segment in enumerate(window):
+        width = max([len(segment.ids)] + [len(window[j].ids) for j in rows])
+        if rows and (len(rows) == batch_size or (max_tokens is not None and (len(rows) + 1) * width > max_tokens)):
+            yield _collate([window[j] for j in rows], pad_id, padding_side), rows
+            rows = []
+        rows.append(i)
+    if rows:
+        yield _collate([window[j] for j in rows], pad_id, padding_side), rows
 
 
 def run(interface: Any, texts: list[str], batch_size: int, batching: Any) -> tuple[float, int, int]:

@@ -199,14 +199,23 @@ def document_windows(segments: Iterable[Segment], *, size: int) -> Iterator[list
         yield window
 
 
-def length_sorted_batches(window: Sequence[Segment], *, batch_size: int, pad_id: int,
+def length_sorted_batches(window: Sequence[Segment], *, batch_size: int, pad_id: int, max_tokens: int | None = None,
                           padding_side: Literal["left", "right"] = "right") -> Iterator[tuple[Batch, list[int]]]:
     """Batches of ``window``'s segments sorted by length (stable), so rows of one batch have about the same length
-    and padding is small; each with the indices of its rows in ``window``."""
+    and padding is small; each with the indices of its rows in ``window``. A batch has at most ``batch_size`` rows
+    and, with ``max_tokens``, at most that many positions (rows x its longest row; a longer segment runs alone)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
     order = sorted(range(len(window)), key=lambda i: len(window[i].ids))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        yield _collate([window[i] for i in rows], pad_id, padding_side), rows
+    rows: list[int] = []
+    for i in order:  # ascending length: the row being added is the longest so far
+        too_many = max_tokens is not None and (len(rows) + 1) * len(window[i].ids) > max_tokens
+        if rows and (len(rows) == batch_size or too_many):
+            yield _collate([window[j] for j in rows], pad_id, padding_side), rows
+            rows = []
+        rows.append(i)
+    if rows:
+        yield _collate([window[j] for j in rows], pad_id, padding_side), rows
 
 
 def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="site to profile (repeatable): 6, 'layer 6', blocks.6.mlp.hook_post (default: 6)")
     p.add_argument("--corpus", default="builtin", help="'builtin', a .txt/.jsonl file, a folder, or hf:NAME")
     p.add_argument("--max-tokens", type=int, default=20_000)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")
     p.add_argument("--device", default="auto")
     p.add_argument("--save", default=None, help="folder to save the profile to")

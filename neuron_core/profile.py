@@ -346,17 +346,18 @@ def _segments(corpus: Corpus, start: int, tokenizer: Any, context: int | None, o
 
 
 def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int | Site] | str | int | None = None,
-            corpus: str | Path | Sequence[str] | Corpus = "builtin", *, batch_size: int = 16,
-            max_tokens: int | None = None, top_k: int = 32, bottom_k: int = 8, n_samples: int = 32,
-            active_threshold: float = 0.0, config: StatsConfig | None = None, overflow: Overflow = "truncate",
-            max_length: int | None = None, doc_offset: int = 0, checkpoint: str | Path | None = None,
-            checkpoint_every: int = 50, resume: bool = False, progress: bool | None = None,
-            stop_early: bool = True) -> NeuronProfile:
+            corpus: str | Path | Sequence[str] | Corpus = "builtin", *, batch_size: int = 64,
+            batch_tokens: int = 8192, max_tokens: int | None = None, top_k: int = 32, bottom_k: int = 8,
+            n_samples: int = 32, active_threshold: float = 0.0, config: StatsConfig | None = None,
+            overflow: Overflow = "truncate", max_length: int | None = None, doc_offset: int = 0,
+            checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False,
+            progress: bool | None = None, stop_early: bool = True) -> NeuronProfile:
     """Profile ``sites`` (default: every MLP site) of a model over a corpus; see the module docstring.
 
-    ``batch_size`` rows go through the model at once; documents are batched by length within windows of
-    ``16 * batch_size`` documents (less padding), so the model sees them out of corpus order: the statistics do not
-    depend on batching, and activations only to float rounding (a batch's shape can change the last bit).
+    At most ``batch_size`` rows and ``batch_tokens`` positions (rows x the longest row; a longer document runs
+    alone) go through the model at once; documents are batched by length within windows of ``16 * batch_size``
+    documents (little padding), so the model sees them out of corpus order: the statistics do not depend on
+    batching, and activations only to float rounding (a batch's shape can change the last bit).
     ``doc_offset`` is the corpus's first document id (for shards of one corpus that will be merged).
     ``max_tokens`` stops after exactly that many tokens: the first ones in corpus order. With ``checkpoint`` the
     profile is saved at the end of the first window after each ``checkpoint_every`` batches; ``resume=True``
@@ -372,6 +373,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
         chosen = resolver.resolve_many(sites if isinstance(sites, (list, tuple)) else [sites])  # type: ignore[list-item]
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_tokens < 1:
+        raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
     if max_tokens is not None and max_tokens < 1:
         raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
     if doc_offset < 0:
@@ -406,7 +409,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
         meta = {"model": interface.name, "family": interface.loaded.family, "n_layers": interface.n_layers,
                 "corpus": corp.name, "corpus_fingerprint": fingerprint, "doc_offset": doc_offset,
                 "next_doc": doc_offset, "n_docs": 0, "n_tokens": 0, "n_skipped_docs": 0, "n_truncated_docs": 0,
-                "batch_size": batch_size, "max_tokens": max_tokens, "overflow": overflow, "complete": False,
+                "batch_size": batch_size, "batch_tokens": batch_tokens, "max_tokens": max_tokens,
+                "overflow": overflow, "complete": False,
                 "created": _dt.datetime.now().isoformat(timespec="seconds")}
         prof = NeuronProfile(stats, meta, interface.vocab_strings(), {s.name: s for s in chosen})
 
@@ -452,7 +456,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                     break
                 window = [window[i] for i in kept]
                 keep = [keep[i] for i in kept]
-                for batch, rows in length_sorted_batches(window, batch_size=batch_size, pad_id=pad):
+                for batch, rows in length_sorted_batches(window, batch_size=batch_size, pad_id=pad,
+                                                         max_tokens=batch_tokens):
                     # Which tokens count, their places and contexts: worked out on the host, where the batch is,
                     # then copied without waiting; on a GPU nothing in this loop waits for the device.
                     limit = torch.tensor([keep[i] for i in rows])

@@ -77,7 +77,7 @@ class ProfileArgs(StrictArgs):
     layers: list[int] = Field(min_length=1, max_length=8, description="layer indices to profile")
     corpus: str = Field(default="builtin", max_length=500, description="'builtin', a .txt/.jsonl path or a folder")
     max_tokens: int = Field(default=20_000, ge=64, le=5_000_000)
-    batch_size: int = Field(default=16, ge=1, le=256)
+    batch_size: int = Field(default=64, ge=1, le=256)
 
 
 class ProfileSummary(BaseModel):

@@ -249,3 +249,40 @@ def test_table(full):
     table = full.table()
     assert len(table) == 3 * 256 and {"site", "neuron", "mean", "frac_active"} <= set(table.columns)
     assert np.isfinite(table["mean"]).all()
+
+
+def test_length_sorted_batches_respect_rows_and_tokens():
+    from neuron_core.batching import Segment, length_sorted_batches
+
+    g = np.random.default_rng(4)
+    window = [Segment(doc_id=i, start=0, ids=tuple(range(int(n)))) for i, n in enumerate(g.integers(1, 90, 200))]
+    window.append(Segment(doc_id=200, start=0, ids=tuple(range(300))))  # longer than the token cap: runs alone
+    seen = []
+    for batch, rows in length_sorted_batches(window, batch_size=16, pad_id=0, max_tokens=256):
+        b, t = batch.input_ids.shape
+        assert b == len(rows) <= 16 and (b * t <= 256 or b == 1)
+        assert t == max(len(window[i].ids) for i in rows)
+        assert batch.doc_ids.tolist() == [window[i].doc_id for i in rows]
+        seen += rows
+    assert sorted(seen) == list(range(len(window)))
+    assert [len(window[i].ids) for i in seen] == sorted(len(s.ids) for s in window)  # shortest first
+    with pytest.raises(InputError):
+        next(length_sorted_batches(window, batch_size=16, pad_id=0, max_tokens=0))
+
+
+def test_batch_tokens_cap_changes_batches_not_statistics(tiny_gpt2, docs, full):
+    shapes = []
+    handle = tiny_gpt2.module.transformer.h[0].register_forward_pre_hook(
+        lambda m, args: shapes.append(tuple(args[0].shape[:2])))
+    try:
+        capped = profile(tiny_gpt2, None, docs, **{**KW, "batch_size": 64}, batch_tokens=200)
+    finally:
+        handle.remove()
+    assert all(b * t <= 200 or b == 1 for b, t in shapes) and max(b for b, _ in shapes) > 16
+    assert capped.meta["batch_tokens"] == 200 and capped.n_tokens == full.n_tokens
+    for site in full.site_names:
+        c, f = capped[site].stats, full[site].stats
+        torch.testing.assert_close(c.mean, f.mean, rtol=0, atol=1e-6)
+        assert torch.equal(c.top.doc, f.top.doc) and torch.equal(c.sample.doc, f.sample.doc)
+    with pytest.raises(InputError):
+        profile(tiny_gpt2, None, ["a"], batch_tokens=0)
