@@ -361,7 +361,7 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     ``doc_offset`` is the corpus's first document id (for shards of one corpus that will be merged).
     ``max_tokens`` stops after exactly that many tokens: the first ones in corpus order. With ``checkpoint`` the
     profile is saved at the end of the first window after each ``checkpoint_every`` batches; ``resume=True``
-    continues from it and gives the same result as an uninterrupted run, to the bit.
+    continues from it and, with the same batch settings, gives the same result as an uninterrupted run to the bit.
     """
     interface = _coerce_interface(model)
     resolver = interface.resolver
