@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id, to_device
+from neuron_core.batching import Overflow, encode_texts, length_sorted_batches, pad_token_id, to_device
 from neuron_core.errors import EmptyInputError, InputError, UnknownSiteError
 from neuron_core.sites import Site, SiteResolver
 
@@ -196,6 +196,24 @@ def _strip(tensor: torch.Tensor, mask: torch.Tensor | None, keep_on: torch.devic
     return kept.reshape(kept.shape[0], -1).float().to(keep_on or "cpu")
 
 
+def _text_order(lengths: list[int], segments: list[int]) -> torch.Tensor | None:
+    """Rows ran as ``segments`` (indices into the text-ordered segments) with these token counts: the index that
+    puts their concatenated tokens back in text order (None if they already are)."""
+    if segments == sorted(segments):
+        return None
+    by_segment = dict(zip(segments, lengths))
+    first = {}  # a segment's first token in text order
+    offset = 0
+    for seg in sorted(by_segment):
+        first[seg] = offset
+        offset += by_segment[seg]
+    # where each token of the run order belongs in text order; the inverse permutation gathers them back
+    target = torch.cat([torch.arange(first[seg], first[seg] + n) for seg, n in zip(segments, lengths)])
+    order = torch.empty_like(target)
+    order[target] = torch.arange(target.numel())
+    return order
+
+
 def _keep_on(keep_on: str | torch.device, model_device: torch.device) -> torch.device:
     """Where a capture keeps its activations: "cpu" (the host), "device" (the model's device) or a device."""
     if keep_on == "device":
@@ -279,8 +297,11 @@ class ActivationMonitor:
         model = interface.module
         device = interface.device
         pad = pad_token_id(interface.tokenizer)
+        ran: list[int] = []  # segment of each batch row, in the order the batches ran
         with attach(self.resolver, chosen, keep, stop_early=stop_early):
-            for batch in make_batches(segments, batch_size=batch_size, pad_id=pad, padding_side=padding_side):
+            # batches of texts of about the same length (little padding); the record comes back in text order
+            for batch, rows in length_sorted_batches(segments, batch_size=batch_size, pad_id=pad,
+                                                     padding_side=padding_side):
                 on_device = batch.to(device)
                 current["mask"] = batch.mask
                 current["index"] = to_device(batch.mask.flatten().nonzero().flatten(), device)
@@ -289,13 +310,21 @@ class ActivationMonitor:
                 token_ids.append(batch.input_ids[batch.mask])
                 doc_ids.append(doc)
                 positions.append(pos)
-        ids = torch.cat(token_ids)
+                ran.extend(rows)
+        order = _text_order([len(segments[i].ids) for i in ran], ran)
+
+        def in_text_order(chunks: list[torch.Tensor]) -> torch.Tensor:
+            joined = torch.cat(chunks)
+            chunks.clear()  # one site's batches are freed before the next site is reordered
+            return joined if order is None else joined.index_select(0, order.to(joined.device))
+
+        ids = in_text_order(token_ids)
         return ActivationRecord(
-            activations={name: torch.cat(chunks) for name, chunks in parts.items()},
+            activations={name: in_text_order(chunks) for name, chunks in parts.items()},
             tokens=interface.token_strings(ids.tolist()),
             token_ids=ids,
-            doc_ids=torch.cat(doc_ids),
-            positions=torch.cat(positions),
+            doc_ids=in_text_order(doc_ids),
+            positions=in_text_order(positions),
             texts=text_list,
             model_name=interface.name,
             truncated=sorted({s.doc_id for s in segments if s.truncated}),

@@ -286,3 +286,24 @@ def test_seed_style_toy_module():
     torch.testing.assert_close(record["layer2.0"], torch.relu(toy.layer1(x)).detach())
     with pytest.raises(InputError):
         ModelInterface(toy, framework="jax")
+
+
+def test_capture_batches_by_length_and_keeps_text_order(tiny_gpt2, builtin_texts):
+    """Texts of different lengths run in batches sorted by length (little padding); the record still lists them in
+    text order, each token where a one-text capture puts it."""
+    texts = builtin_texts[:60]
+    shapes = []
+    handle = tiny_gpt2.module.transformer.h[0].register_forward_pre_hook(
+        lambda m, args: shapes.append(tuple(args[0].shape[:2])))
+    try:
+        record = ActivationMonitor(tiny_gpt2).capture(texts, batch_size=8)
+    finally:
+        handle.remove()
+    assert sum(b * t for b, t in shapes) <= 1.15 * len(record)
+    assert torch.all(record.doc_ids[1:] >= record.doc_ids[:-1])
+    for doc in (0, 7, 33, 59):
+        alone = ActivationMonitor(tiny_gpt2).capture([texts[doc]], batch_size=1)
+        rows = record.doc_slice(doc)
+        assert record.tokens[rows] == alone.tokens and torch.equal(record.positions[rows], alone.positions)
+        for site in record.sites:
+            torch.testing.assert_close(record[site][rows], alone[site], rtol=0, atol=1e-5)
