@@ -214,6 +214,11 @@ def test_windowed_long_documents(tiny_gpt2):
     assert prof.n_tokens == n_long + len(tiny_gpt2.tokenizer("short")["input_ids"])
     assert prof.meta["n_truncated_docs"] == 1
     assert int(prof["mlp.0"].stats.top.pos.max()) > 128  # positions continue across windows
+    # the long document's segments run in different batches (sorted by length): still one document each
+    assert prof.meta["n_docs"] == 2 and prof.meta["next_doc"] == 2
+    cut = profile(tiny_gpt2, ["mlp.0"], [long_doc, "short"], overflow="window", max_tokens=200, **KW)
+    assert cut.n_tokens == 200 and cut.meta["n_docs"] == 1 and cut.meta["next_doc"] == 1
+    assert int(cut["mlp.0"].stats.top.pos.max()) < 200  # the first 200 tokens of the long document
 
 
 def _peak_rss_child(n_docs: int) -> int:
