@@ -275,6 +275,22 @@ def test_length_sorted_batches_respect_rows_and_tokens():
         next(length_sorted_batches(window, batch_size=16, pad_id=0, max_tokens=0))
 
 
+def test_document_windows_keep_documents_whole():
+    from neuron_core.batching import Segment, document_windows
+
+    segments = []
+    for doc, n_parts in enumerate([1, 3, 1, 5, 2, 1, 1, 4]):
+        segments += [Segment(doc, 10 * j, (1, 2), final=j == n_parts - 1) for j in range(n_parts)]
+    windows = list(document_windows(segments, size=4))
+    assert [s for w in windows for s in w] == segments  # every segment once, in order
+    for w in windows:
+        assert w[-1].final  # ends at a document's last segment
+        assert not {s.doc_id for s in w} & {s.doc_id for other in windows if other is not w for s in other}
+    assert all(len(w) >= 4 for w in windows[:-1])
+    with pytest.raises(InputError):
+        next(document_windows(segments, size=0))
+
+
 def test_batch_tokens_cap_changes_batches_not_statistics(tiny_gpt2, docs, full):
     shapes = []
     handle = tiny_gpt2.module.transformer.h[0].register_forward_pre_hook(
