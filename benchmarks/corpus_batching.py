@@ -1,11 +1,13 @@
-"""Profiling the built-in corpus: documents batched by length (what ``profile`` does) against batches in corpus order.
+"""Profiling the built-in corpus: documents batched by length (what ``profile`` and ``capture`` do) against batches
+in corpus order.
 
-    python benchmarks/corpus_batching.py [--docs 800] [--rounds 2] [--batch-sizes 16,64]
+    python benchmarks/corpus_batching.py [--docs 800] [--rounds 2] [--batch-sizes 16,64] [--capture-docs 400]
 
-SmolLM2-135M (real weights, bundled GGUF), every MLP site, default statistics, the first ``--docs`` documents of the
-built-in corpus (short documents of very different lengths, as real corpora have). The baseline is the same
-``profile`` call with the batching replaced by corpus-order batches, in the same process, interleaved rounds,
-medians. Reported: padded positions per counted token, tokens/s, and the ratio of wall times.
+SmolLM2-135M (real weights, bundled GGUF), every MLP site: a profile (default statistics) of the first ``--docs``
+documents of the built-in corpus (short documents of very different lengths, as real corpora have) at each batch
+size, and a capture of the first ``--capture-docs``. The baseline is the same call with the batching replaced by
+corpus-order batches (same row and token limits), in the same process, interleaved rounds, medians. Reported:
+padded positions per counted token, tokens/s, and the ratio of wall times.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 import torch
 from _common import markdown_table
 
-from neuron_core import ModelInterface, profile
+from neuron_core import ActivationMonitor, ModelInterface, profile
 from neuron_core.batching import Batch, Segment, _collate
 
 PROFILE_MODULE = sys.modules["neuron_core.profile"]
+CAPTURE_MODULE = sys.modules["neuron_core.capture"]
 SORTED = PROFILE_MODULE.length_sorted_batches
 
 
@@ -42,8 +45,10 @@ def corpus_order_batches(window: Sequence[Segment], *, batch_size: int, pad_id: 
         yield _collate([window[j] for j in rows], pad_id, padding_side), rows
 
 
-def run(interface: Any, texts: list[str], batch_size: int, batching: Any) -> tuple[float, int, int]:
-    """Wall seconds, counted tokens and forward positions (rows x padded width, summed over batches)."""
+def run(interface: Any, texts: list[str], kind: str, batch_size: int, batching: Any) -> tuple[float, int, int]:
+    """Wall seconds, counted tokens and forward positions (rows x padded width, summed over batches) of a
+    ``profile`` or a ``capture`` (every MLP site) with the given batching."""
+    module = PROFILE_MODULE if kind == "profile" else CAPTURE_MODULE
     positions = [0]
 
     def counting(*args: Any, **kwargs: Any) -> Iterator[tuple[Batch, list[int]]]:
@@ -51,13 +56,16 @@ def run(interface: Any, texts: list[str], batch_size: int, batching: Any) -> tup
             positions[0] += batch.input_ids.numel()
             yield batch, rows
 
-    PROFILE_MODULE.length_sorted_batches = counting
+    module.length_sorted_batches = counting
     try:
         start = time.perf_counter()
-        prof = profile(interface, None, texts, batch_size=batch_size, progress=False)
-        return time.perf_counter() - start, prof.n_tokens, positions[0]
+        if kind == "profile":
+            n_tokens = profile(interface, None, texts, batch_size=batch_size, progress=False).n_tokens
+        else:
+            n_tokens = len(ActivationMonitor(interface).capture(texts, batch_size=batch_size))
+        return time.perf_counter() - start, n_tokens, positions[0]
     finally:
-        PROFILE_MODULE.length_sorted_batches = SORTED
+        module.length_sorted_batches = SORTED
 
 
 def main() -> None:
@@ -65,37 +73,40 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=800)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch-sizes", default="16,64")
+    parser.add_argument("--capture-docs", type=int, default=400, help="also time a capture of this many documents "
+                        "at batch_size 16 (0: skip)")
     args = parser.parse_args()
     from neuron_core.corpus import builtin_corpus
 
     interface = ModelInterface.from_pretrained("smollm2-135m", device="cpu")
-    texts = list(builtin_corpus().texts())[: args.docs]
-    sizes = [int(s) for s in args.batch_sizes.split(",")]
-    variants = {(bs, name): fn for bs in sizes for name, fn in
-                (("corpus order (baseline)", corpus_order_batches), ("by length (ours)", SORTED))}
-    run(interface, texts[:64], sizes[0], SORTED)  # warm-up
-    times: dict[tuple[int, str], list[float]] = {key: [] for key in variants}
-    counts: dict[tuple[int, str], tuple[int, int]] = {}
+    corpus = list(builtin_corpus().texts())
+    jobs = [("profile", bs, corpus[: args.docs]) for bs in (int(s) for s in args.batch_sizes.split(","))]
+    if args.capture_docs:
+        jobs.append(("capture", 16, corpus[: args.capture_docs]))
+    variants = [(kind, bs, texts, name, fn) for kind, bs, texts in jobs for name, fn in
+                (("corpus order (baseline)", corpus_order_batches), ("by length (ours)", SORTED))]
+    run(interface, corpus[:64], "profile", 16, SORTED)  # warm-up
+    times: dict[tuple[str, int, str], list[float]] = {(k, bs, name): [] for k, bs, _, name, _ in variants}
+    counts: dict[tuple[str, int, str], tuple[int, int]] = {}
     for _ in range(args.rounds):
-        for key, fn in variants.items():
-            seconds, n_tokens, positions = run(interface, texts, key[0], fn)
-            times[key].append(seconds)
-            counts[key] = (n_tokens, positions)
+        for kind, bs, texts, name, fn in variants:
+            seconds, n_tokens, positions = run(interface, texts, kind, bs, fn)
+            times[(kind, bs, name)].append(seconds)
+            counts[(kind, bs, name)] = (n_tokens, positions)
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, cpu; "
           f"torch {torch.__version__}\n"
-          "model: SmolLM2-135M-Instruct (bundled GGUF), all 30 MLP sites, default statistics; "
-          f"the first {len(texts)} documents of the built-in corpus ({counts[next(iter(counts))][0]:,} tokens); "
-          f"{args.rounds} interleaved rounds, medians\n")
+          "model: SmolLM2-135M-Instruct (bundled GGUF), all 30 MLP sites; profile: default statistics over the first "
+          f"{args.docs} documents of the built-in corpus; capture: the first {args.capture_docs} documents, "
+          f"every site's activations kept; {args.rounds} interleaved rounds, medians\n")
     rows = []
-    for key in variants:
-        bs, name = key
-        median = sorted(times[key])[len(times[key]) // 2]
-        baseline = sorted(times[(bs, "corpus order (baseline)")])[len(times[key]) // 2]
-        n_tokens, positions = counts[key]
-        rows.append([f"batch_size {bs}: {name}", f"{positions / n_tokens:.2f}", f"{median:.2f}",
-                     f"{n_tokens / median:,.0f}", f"{median / baseline:.3f}"])
-    print(markdown_table(["variant", "positions per token", "median s", "tokens/s", "time ratio vs baseline"],
-                         rows))
+    for kind, bs, name in times:
+        median = sorted(times[(kind, bs, name)])[args.rounds // 2]
+        baseline = sorted(times[(kind, bs, "corpus order (baseline)")])[args.rounds // 2]
+        n_tokens, positions = counts[(kind, bs, name)]
+        rows.append([f"{kind}, batch_size {bs}: {name}", f"{n_tokens:,}", f"{positions / n_tokens:.2f}",
+                     f"{median:.2f}", f"{n_tokens / median:,.0f}", f"{median / baseline:.3f}"])
+    print(markdown_table(["variant", "tokens", "positions per token", "median s", "tokens/s",
+                          "time ratio vs baseline"], rows))
 
 
 if __name__ == "__main__":

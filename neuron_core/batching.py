@@ -50,7 +50,6 @@ class Batch:
     doc_ids: torch.Tensor
     starts: torch.Tensor
     padding_side: str
-    ends_doc: bool = True  # the last row is the last segment of its document (safe point to checkpoint)
 
     @property
     def mask(self) -> torch.Tensor:
@@ -64,13 +63,14 @@ class Batch:
         """A copy on ``device``; to CUDA through pinned memory without waiting (no host sync per batch)."""
         return Batch(to_device(self.input_ids, device), to_device(self.attention_mask, device),
                      to_device(self.position_ids, device), to_device(self.doc_ids, device),
-                     to_device(self.starts, device), self.padding_side, self.ends_doc)
+                     to_device(self.starts, device), self.padding_side)
 
-    def token_doc_pos(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Document id and in-document position of every real token, in row-major order: two [n_tokens] tensors."""
-        mask = self.mask
-        doc = self.doc_ids[:, None].expand_as(mask)[mask]  # [n_tokens]
-        pos = (self.starts[:, None] + self.position_ids)[mask]  # [n_tokens]
+    def token_doc_pos(self, select: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Document id and in-document position of every real token (or of those ``select`` [B, T] marks), in
+        row-major order: two [n] tensors."""
+        mask = self.mask if select is None else select
+        doc = self.doc_ids[:, None].expand_as(mask)[mask]  # [n]
+        pos = (self.starts[:, None] + self.position_ids)[mask]  # [n]
         return doc, pos
 
     def model_kwargs(self, model: nn.Module) -> dict[str, Any]:
@@ -231,4 +231,4 @@ def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     doc_ids = torch.tensor([s.doc_id for s in chunk], dtype=torch.long)
     starts = torch.tensor([s.start for s in chunk], dtype=torch.long)
-    return Batch(ids, mask, positions, doc_ids, starts, padding_side, chunk[-1].final)
+    return Batch(ids, mask, positions, doc_ids, starts, padding_side)

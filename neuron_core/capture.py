@@ -198,20 +198,11 @@ def _strip(tensor: torch.Tensor, mask: torch.Tensor | None, keep_on: torch.devic
 
 def _text_order(lengths: list[int], segments: list[int]) -> torch.Tensor | None:
     """Rows ran as ``segments`` (indices into the text-ordered segments) with these token counts: the index that
-    puts their concatenated tokens back in text order (None if they already are)."""
+    puts their concatenated tokens back in text order (None if they already are). A stable sort by segment keeps
+    each segment's tokens in order."""
     if segments == sorted(segments):
         return None
-    by_segment = dict(zip(segments, lengths))
-    first = {}  # a segment's first token in text order
-    offset = 0
-    for seg in sorted(by_segment):
-        first[seg] = offset
-        offset += by_segment[seg]
-    # where each token of the run order belongs in text order; the inverse permutation gathers them back
-    target = torch.cat([torch.arange(first[seg], first[seg] + n) for seg, n in zip(segments, lengths)])
-    order = torch.empty_like(target)
-    order[target] = torch.arange(target.numel())
-    return order
+    return torch.argsort(torch.tensor(segments).repeat_interleave(torch.tensor(lengths)), stable=True)
 
 
 def _keep_on(keep_on: str | torch.device, model_device: torch.device) -> torch.device:

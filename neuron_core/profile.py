@@ -463,8 +463,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                     limit = torch.tensor([keep[i] for i in rows])
                     mask = batch.mask & (batch.position_ids < limit[:, None])
                     index = mask.flatten().nonzero().flatten()  # the batch's counted tokens, row-major
-                    doc = batch.doc_ids[:, None].expand_as(mask).reshape(-1)[index] + doc_offset
-                    pos = (batch.starts[:, None] + batch.position_ids).reshape(-1)[index]
+                    doc, pos = batch.token_doc_pos(select=mask)
+                    doc = doc + doc_offset
                     ctx = batch_contexts(batch, before, after, select=mask)
                     for key, value in (("index", index), ("doc", doc), ("pos", pos), ("ctx", ctx)):
                         current[key] = to_device(value, device)
