@@ -141,7 +141,7 @@ def sync_free_parity(tok, texts: list[str], max_tokens: int) -> None:
         SiteStats(acts.shape[1], config=cfg, device=DEV, sync_free=True).add(acts[:step], d_gpu[:step], p_gpu[:step],
                                                                              c_gpu[:step])
     fell_back = [w for w in caught if "torch.compile" in str(w.message)]
-    compiled = DEV != "cpu" and stats_mod._COMPILED.get(DEV) not in (None, stats_mod._batch_pass)
+    compiled = DEV != "cpu" and stats_mod.is_compiled("_batch_pass", DEV)
     print(f"  batch pass compiled with torch.compile: {compiled}"
           + (f" (fell back: {fell_back[0].message})" if fell_back else ""))
     if DEV == "cuda":

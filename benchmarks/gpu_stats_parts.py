@@ -103,11 +103,18 @@ def main() -> None:
 
     import neuron_core.stats as stats_mod
 
-    compiled = stats_mod._COMPILED.get(DEV) not in (None, stats_mod._batch_pass)
+    compiled = stats_mod.is_compiled("_batch_pass", DEV) and stats_mod.is_compiled("_keys_at", DEV)
     row(f"SiteStats.add, whole (sync-free path; batch pass compiled: {compiled}), one site", timed(full_add))
     stats_mod.COMPILE = False
     row("SiteStats.add, whole (sync-free path, batch pass eager)", timed(full_add))
     stats_mod.COMPILE = True
+    # A/B in this process: the example sets' selection as before the two-stage top-k (one row-wise topk over all n
+    # keys; chunk length 0 makes the batch pass return the [N, n] keys, compiled for that variant on first use)
+    two_stage = stats_mod._chunk_size
+    stats_mod._chunk_size = lambda k, n=0: 0
+    row("SiteStats.add, whole, one-stage top-k over all n keys (before 2-stage selection; compiled)",
+        timed(full_add))
+    stats_mod._chunk_size = two_stage
     sync()
     t0 = time.perf_counter()
     full_add(0)
@@ -155,6 +162,13 @@ def main() -> None:
     row("topk k=32 float32, transposed contiguous, dim 1",
         timed(lambda i: torch.topk(gen[i % S].T.contiguous(), 32, dim=1, sorted=False)))
     row("topk k=8 float32 along dim 0", timed(lambda i: torch.topk(gen[i % S], 8, dim=0, sorted=False)))
+    chunk_max = [torch.nn.functional.pad(g.T.double(), (0, (-n) % 16), value=-math.inf).view(big_n, -1, 16).amax(2)
+                 for g in g64]  # [N, n / 16]: what the two-stage selection's first top-k reads
+    row("topk k=32 of [N, n/16] float64 chunk maxima (2-stage selection, stage 1)",
+        timed(lambda i: torch.topk(chunk_max[i % S], 32, dim=1, sorted=False)))
+    cand = [torch.randn(big_n, 512, dtype=torch.float64, device=DEV) for _ in range(S)]  # stage 2's [N, 32 * 16]
+    row("topk k=32 of [N, 512] float64 candidates (stage 2)",
+        timed(lambda i: torch.topk(cand[i % S], 32, dim=1, sorted=False)))
     row("kthvalue float32 along dim 0", timed(lambda i: torch.kthvalue(gen[i % S], n - 31, dim=0)))
     row("sort float32 along dim 0", timed(lambda i: torch.sort(gen[i % S], dim=0)))
     thr = torch.topk(gen[0], 32, dim=0).values[-1]

@@ -248,14 +248,123 @@ def test_compiled_batch_pass_equals_eager():
 
     compiled = torch.compile(_batch_pass, dynamic=True)
     names = "n_good mean m2 min max n_active counts high low sample_keys".split()
-    for shape in ((40, 300), (24, 517)):
+    for shape, chunks in (((40, 300), (0, 0, 0)), ((24, 517), (0, 0, 0)), ((40, 300), (4, 8, 2)),
+                          ((24, 517), (4, 8, 2))):
         args, kwargs = _pass_inputs(*shape, seed=shape[1])
+        kwargs["chunks"] = chunks  # chunk maxima (the [N, n] keys never written): n not a multiple of c
         got, want = compiled(*args, **kwargs), _batch_pass(*args, **kwargs)
         for name, a, b in zip(names, got, want):
             if name in ("mean", "m2"):
                 torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12)
             else:
                 assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_chunk_size_balances_the_two_stages():
+    from neuron_core.stats import _chunk_size
+
+    assert _chunk_size(32) == 16 and _chunk_size(8) == 32  # 512 maxima, then 512 / 256 candidates a row
+    assert _chunk_size(0) == 0 and _chunk_size(10**6) == 2
+    for n in (300, 4096, 8192, 10**5):
+        for k in (1, 5, 32):
+            c = _chunk_size(k, n)
+            assert c & (c - 1) == 0 and (c == 2 or c * c * k <= n < 4 * c * c * k)
+
+
+@pytest.mark.parametrize("n", [8, 64, 257, 1000, 4096])
+def test_two_stage_selection_equals_one_topk(n):
+    """_select with chunk maxima keeps exactly the keys and tokens of one full top-k, for layouts made to trip a
+    chunked selection: the best keys all in one chunk, one in each of k chunks (a selection of k - 1 chunks misses
+    one), rising and falling runs, few finite keys (the rest -inf), n not a multiple of the chunk."""
+    from neuron_core.stats import _chunk_max, _chunk_size, _select
+
+    g = torch.Generator().manual_seed(n)
+    k = 6
+    rows = [torch.randn(n, generator=g, dtype=torch.float64) for _ in range(4)]
+    rows.append(torch.arange(n, dtype=torch.float64))  # rising: the best in the last chunks (padded)
+    rows.append(-torch.arange(n, dtype=torch.float64))  # falling
+    spread = torch.randn(n, generator=g, dtype=torch.float64) - 100
+    c = _chunk_size(k, n)
+    spread[torch.arange(min(k, (n + c - 1) // c)) * c] = 100 + torch.arange(min(k, (n + c - 1) // c)).double()
+    rows.append(spread)  # one winner per chunk, in k chunks
+    one_chunk = torch.randn(n, generator=g, dtype=torch.float64)
+    one_chunk[:min(c, n)] += 1000
+    rows.append(one_chunk)
+    few = torch.full((n,), -math.inf, dtype=torch.float64)
+    few[torch.randperm(n, generator=g)[:3]] = torch.randn(3, generator=g, dtype=torch.float64)
+    rows.append(few)
+    rows.append(torch.full((n,), -math.inf, dtype=torch.float64))  # nothing eligible
+    keys = torch.stack(rows)
+    want_keys, want_tok = torch.topk(keys, min(k, n), dim=1)
+    for chunk in {c, 2, 3, 16}:
+        if chunk >= n:
+            continue
+
+        def rekey(tok, keys=keys):
+            return torch.where(tok < n, keys.gather(1, tok.clamp(max=n - 1)), -math.inf)
+
+        best, tok = _select(_chunk_max(keys, chunk, -math.inf), k, chunk, n, rekey)
+        assert bool(((tok >= 0) & (tok < n)).all())  # left-out slots too: the padding never leaks out
+        order = torch.argsort(best, dim=1, descending=True, stable=True)
+        assert torch.equal(best.gather(1, order), want_keys), chunk
+        finite = torch.isfinite(want_keys)
+        assert torch.equal(tok.gather(1, order)[finite], want_tok[finite]), chunk  # -inf slots: any left-out token
+
+
+def test_sync_free_path_equals_cpu_path_on_large_batches():
+    """Batches large enough for the two-stage selection (chunks of 2 to 32 tokens), with the layouts that would
+    trip it: a neuron's best values all in one chunk, one per chunk, ties (quantised values, a constant neuron),
+    a dead ReLU-like neuron, NaN and inf, a batch whose length is not a multiple of any chunk."""
+    g = torch.Generator().manual_seed(11)
+    n_tok, width = 5000, 24
+    acts = torch.randn(n_tok, width, generator=g) * 2
+    acts[:, 0] = torch.relu(torch.randn(n_tok, generator=g)) * (torch.rand(n_tok, generator=g) < 0.002)  # ~dead
+    acts[:, 1] = 1.5  # constant: every key tied on value
+    acts[:, 2] = torch.round(acts[:, 2])
+    acts[1000:1016, 3] += 50  # the best 16 values in one chunk
+    acts[::97, 4] += 40  # one best value per chunk, far apart
+    acts[7, 5], acts[8, 5], acts[9, 6] = float("nan"), float("inf"), float("-inf")
+    acts[:, 7] = torch.arange(n_tok, dtype=torch.float32)  # rising: every batch beats the kept set
+    doc, pos = torch.arange(n_tok) // 300, torch.arange(n_tok) % 300
+    ctx = torch.randint(0, 1000, (n_tok, W), generator=g, dtype=torch.int32)
+    cfg = StatsConfig(top_k=32, bottom_k=8, n_samples=16)
+    a, b = SiteStats(width, config=cfg), SiteStats(width, config=cfg, sync_free=True)
+    for s in (a, b):
+        _feed(s, acts, doc, pos, ctx, [1999, 2048, 953])
+    assert torch.equal(a.hist, b.hist) and torch.equal(a.n_active, b.n_active)
+    for name in ("top", "bottom", "sample"):
+        for field in ("values", "doc", "pos", "ctx"):
+            assert torch.equal(getattr(getattr(a, name), field), getattr(getattr(b, name), field)), (name, field)
+    assert b.top.values[3, :16].min() >= 40 and torch.equal(b.top.values[7], torch.arange(n_tok - 1, n_tok - 33,
+                                                                                         -1).float())
+
+
+def test_sync_free_path_compiled_equals_cpu_path(monkeypatch):
+    """The accelerator path as it runs there, its batch pass and candidate keys through torch.compile (here CPU's
+    compiler; dynamic shapes: batches of several lengths, one compile per function and set), equals the CPU path."""
+    from neuron_core import stats as stats_mod
+
+    monkeypatch.setattr(stats_mod, "_COMPILED", {})
+    monkeypatch.setattr(stats_mod, "_EAGER_DEVICES", set())  # compile on CPU as on an accelerator
+    acts, doc, pos, ctx = _stream(4, 2601)
+    acts[5, 9], acts[6, 10] = float("nan"), float("inf")
+    cfg = StatsConfig(top_k=12, bottom_k=4, n_samples=6)
+    a, b = SiteStats(N, config=cfg), SiteStats(N, config=cfg, sync_free=True)
+    torch._dynamo.reset()  # compiled code of the other tests' calls counts towards the limit below
+    # one compile of the batch pass for every batch length (13 tokens too: no size-1 specialisation), one of the
+    # candidate keys per set: a fourth compile of either raises, and the fallback's warning fails the test
+    with warnings.catch_warnings(record=True) as caught, torch._dynamo.config.patch(
+            recompile_limit=3, fail_on_recompile_limit_hit=True):
+        warnings.simplefilter("always")
+        for s in (a, b):
+            _feed(s, acts, doc, pos, ctx, [700, 1024, 13, 863, 1])
+    assert not [w for w in caught if "torch.compile of the statistics" in str(w.message)]  # no eager fallback
+    assert stats_mod.is_compiled("_batch_pass", "cpu") and stats_mod.is_compiled("_keys_at", "cpu")
+    torch.testing.assert_close(a.mean, b.mean, rtol=1e-12, atol=1e-12)
+    assert torch.equal(a.hist, b.hist) and torch.equal(a.n_active, b.n_active) and torch.equal(a.max, b.max)
+    for name in ("top", "bottom", "sample"):
+        for field in ("values", "doc", "pos", "ctx"):
+            assert torch.equal(getattr(getattr(a, name), field), getattr(getattr(b, name), field)), (name, field)
 
 
 def test_batch_pass_falls_back_to_eager_when_compiling_fails(monkeypatch):
@@ -270,10 +379,11 @@ def test_batch_pass_falls_back_to_eager_when_compiling_fails(monkeypatch):
     monkeypatch.setattr(stats_mod, "_COMPILED", {})
     args, kwargs = _pass_inputs(16, 64, seed=1)
     with pytest.warns(RuntimeWarning, match="no triton here"):
-        first = stats_mod._run_batch_pass(*args, compile_key="fake-accelerator", **kwargs)
+        first = stats_mod._run_compiled(stats_mod._batch_pass, *args, compile_key="fake-accelerator", **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: the second call goes straight to eager
-        second = stats_mod._run_batch_pass(*args, compile_key="fake-accelerator", **kwargs)
+        second = stats_mod._run_compiled(stats_mod._batch_pass, *args, compile_key="fake-accelerator",
+                                         **kwargs)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
