@@ -134,14 +134,14 @@ def sync_free_parity(tok, texts: list[str], max_tokens: int) -> None:
     # a stand-in object so the compared statistics see every batch exactly once.
     import warnings
 
-    from neuron_core import stats as stats_mod
+    from neuron_core import stats_device as stats_mod
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         SiteStats(acts.shape[1], config=cfg, device=DEV, sync_free=True).add(acts[:step], d_gpu[:step], p_gpu[:step],
                                                                              c_gpu[:step])
     fell_back = [w for w in caught if "torch.compile" in str(w.message)]
-    compiled = DEV != "cpu" and stats_mod.is_compiled("_batch_pass", DEV)
+    compiled = DEV != "cpu" and stats_mod.is_compiled("_batch_pass", DEV) and stats_mod.is_compiled("_update_set", DEV)
     print(f"  batch pass compiled with torch.compile: {compiled}"
           + (f" (fell back: {fell_back[0].message})" if fell_back else ""))
     if DEV == "cuda":

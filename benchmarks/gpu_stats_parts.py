@@ -101,9 +101,9 @@ def main() -> None:
         counter[0] += 1
         stats.add(gen[i % S], doc[i % S] + 10**6 * counter[0], pos[i % S], ctx[i % S])
 
-    import neuron_core.stats as stats_mod
+    import neuron_core.stats_device as stats_mod
 
-    compiled = stats_mod.is_compiled("_batch_pass", DEV) and stats_mod.is_compiled("_keys_at", DEV)
+    compiled = stats_mod.is_compiled("_batch_pass", DEV) and stats_mod.is_compiled("_update_set", DEV)
     row(f"SiteStats.add, whole (sync-free path; batch pass compiled: {compiled}), one site", timed(full_add))
     stats_mod.COMPILE = False
     row("SiteStats.add, whole (sync-free path, batch pass eager)", timed(full_add))

@@ -19,14 +19,23 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from neuron_core import stats_device
+from neuron_core._statbits import (
+    _LOW_BITS,
+    _bin_offset,
+    _float32_floor,
+    _magnitude_codes,
+    _tie_broken,
+    _token_hash,
+    hist_edges,
+    token_priority,
+)
 from neuron_core.batching import to_device
 from neuron_core.errors import ProfileMismatchError
 
@@ -71,63 +80,6 @@ class StatsConfig:
         return self.context_before + 1 + self.context_after
 
 
-def _magnitude_codes(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Monotonic integer code of |x| for float32 x: exponent and top ``bits`` mantissa bits (2**bits per octave)."""
-    return (x.view(torch.int32) & 0x7FFFFFFF) >> (23 - bits)
-
-
-def _bin_offset(x: torch.Tensor, code_lo: int, k_bins: int, bits: int) -> torch.Tensor:
-    """The signed offset of each float32 value's histogram bin from the zero bin (int32): -(k+1) .. k+1, 0 for
-    |x| below the smallest edge. Branch-free integer operations on the float's bits; NaN lands in an overflow bin
-    (callers leave it out)."""
-    z = (_magnitude_codes(x, bits) - (code_lo - 1)).clamp(0, k_bins + 1)  # 0: zero bin, k + 1: overflow
-    sign = x.view(torch.int32) >> 31  # -1 where the sign bit is set, else 0
-    return (z ^ sign) - sign
-
-
-def hist_edges(lo: float, hi: float, bits: int) -> torch.Tensor:
-    """Magnitude edges m_0 < ... < m_K of the signed log histogram (float32, exact binary values).
-
-    Bins, in order: x <= -m_K, the K negative magnitude bins, the zero bin (|x| < m_0), the K positive magnitude bins,
-    x >= m_K: 2K + 3 in all. A bin j on either side holds m_{j-1} <= |x| < m_j. Scale-free, so profiles of any model
-    merge without agreeing on a range first, and computed with integer operations on the float's bits (cheap).
-    """
-    codes = _magnitude_codes(torch.tensor([lo, hi], dtype=torch.float32), bits)
-    span = torch.arange(int(codes[0]), int(codes[1]) + 1, dtype=torch.int32)
-    return (span << (23 - bits)).view(torch.float32)
-
-
-def _token_hash(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """A deterministic pseudo-random int64 in [0, 2**31) per (document, position), the same on every device."""
-    x = (doc_ids.long() * 2654435761 + positions.long() * 40503 + 12345) % (1 << 31)
-    for mult in (1103515245, 1664525, 22695477):  # products stay below 2**63: no overflow
-        x = (x * mult + 1013904223) % (1 << 31)
-        x = x ^ (x >> 13)
-    return x
-
-
-def token_priority(doc_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """A deterministic pseudo-random priority in [0, 1) per (document, position); float64, same on every device."""
-    return _token_hash(doc_ids, positions).double() / float(1 << 31)
-
-
-_LOW_BITS = (1 << 29) - 1  # the float64 mantissa bits below float32 precision
-
-
-def _tie_broken(keys: torch.Tensor, low_bits: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
-    """Float64 keys that came from float32 values, made distinct: ``low_bits``, a hash of each entry's (document,
-    position) masked to ``_LOW_BITS``, fills the 29 mantissa bits below float32 precision. Distinct float32 values
-    keep their order; equal ones are ordered by the hash, so which of several tied tokens a set keeps does not
-    depend on batching or on the slots' layout."""
-    marked = (keys.view(torch.int64) | low_bits).view(torch.float64)
-    return marked if finite else torch.where(torch.isinf(keys), keys, marked)
-
-
-def _float32_floor(keys: torch.Tensor) -> torch.Tensor:
-    """The float32 value a tie-broken key came from (drops the hash bits; exact)."""
-    return (keys.view(torch.int64) & ~_LOW_BITS).view(torch.float64).float()
-
-
 _GROUP_BY_TRANSPOSE = 4
 """Above this many candidates per neuron on average, a neuron-major ``nonzero`` (one transposed copy of the mask)
 is cheaper than a row-major one followed by a sort by neuron."""
@@ -156,8 +108,9 @@ class ExampleSet:
     attribute sorts once.
 
     Two ways in: ``offer_values`` / ``offer_ranked`` pre-filter against each neuron's current k-th key (they read
-    counts back to the host: the CPU path), ``merge_dense`` takes fixed-shape candidates for every neuron and never
-    waits for the device (the accelerator path, fed by :class:`SiteStats`).
+    counts back to the host: the CPU path); the accelerator path (:mod:`neuron_core.stats_device`) reads the raw
+    slots (``fields``), merges fixed-shape candidates for every neuron without waiting for the device, and writes
+    the result back (``replace``).
     """
 
     _FIELDS = ("keys", "values", "doc", "pos", "ctx")
@@ -354,28 +307,14 @@ class ExampleSet:
         self._ctx.view(-1, self.width).index_copy_(0, slot, ctx.index_select(0, t).to(torch.int32))
         self._sorted = self._empty = False
 
-    def merge_dense(self, new_keys: torch.Tensor, tok: torch.Tensor, new_vals: torch.Tensor, doc: torch.Tensor,
-                    pos: torch.Tensor, ctx: torch.Tensor) -> None:
-        """The sync-free merge (accelerators): candidates for every neuron, new_keys [N, c] float64 (-inf = none),
-        tok [N, c] their batch tokens, new_vals [N, c] their values; all slots rebuilt, sorted. No host sync."""
-        k = self.k
-        best_keys, sel = torch.topk(torch.cat([self._keys, new_keys], dim=1), k, dim=1)  # [N, k]
-        from_new = sel >= k
-        col = (sel - k).clamp(min=0)
-        t = tok.gather(1, col)  # [N, k] batch token of each new winner
-        old_sel = sel.clamp(max=k - 1)
-        empty = torch.isinf(best_keys) & (best_keys < 0)  # fewer than k eligible entries so far
+    def fields(self) -> tuple[torch.Tensor, ...]:
+        """The raw slots (keys, values, doc, pos, ctx), in slot order (not sorted)."""
+        return self._keys, self._values, self._doc, self._pos, self._ctx
 
-        def pick(current: torch.Tensor, incoming: torch.Tensor) -> torch.Tensor:
-            return torch.where(from_new, incoming, current.gather(1, old_sel))
-
-        self._values = pick(self._values, new_vals.gather(1, col).float()).masked_fill(empty, 0.0)
-        self._doc = pick(self._doc, doc[t]).masked_fill(empty, -1)
-        self._pos = pick(self._pos, pos[t]).masked_fill(empty, -1)
-        self._ctx = torch.where(from_new[..., None], ctx[t].to(torch.int32),
-                                self._ctx.gather(1, old_sel[..., None].expand(-1, -1, self.width)))
-        self._ctx = self._ctx.masked_fill(empty[..., None], -1)
-        self._keys, self._sorted, self._empty = best_keys, True, False
+    def replace(self, fields: tuple[torch.Tensor, ...]) -> None:
+        """Take new slots (keys, values, doc, pos, ctx), sorted by key, descending."""
+        self._keys, self._values, self._doc, self._pos, self._ctx = fields
+        self._sorted, self._empty = True, False
 
     def _merge(self, other: ExampleSet) -> None:
         """Keep the k best of this set and another one (all neurons)."""
@@ -411,7 +350,6 @@ class ExampleSet:
         return self
 
 
-_INT32_MIN = -(2**31)
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -421,141 +359,6 @@ def _bin_table(code_lo: int, k_bins: int, bits: int, device: str = "cpu") -> tor
     number) are the index (exact: the offset reads only the top 9 + ``bits`` <= 15 bits). Shared: never modify."""
     patterns = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
     return to_device(_bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
-
-
-COMPILE = os.environ.get("NEURON_CORE_COMPILE", "1") != "0"
-"""Compile the sync-free batch pass with ``torch.compile`` on accelerators (set NEURON_CORE_COMPILE=0 to stop)."""
-_COMPILED: dict[tuple[str, str], Any] = {}
-_EAGER_DEVICES = {"cpu"}  # the CPU runs its own path; a sync-free SiteStats there (tests) runs eager
-
-
-def _chunk_size(k: int, n: int = 8192) -> int:
-    """The chunk length (a power of two, >= 2) for a two-stage top-k of ``k`` entries per row, or 0 for a plain
-    top-k (no set). About sqrt(n / k) for batches of ``n`` tokens: both stages then read ~sqrt(n * k) entries a row
-    (n = 8,192, k = 32: chunks of 16; 512 chunk maxima, then the 512 entries of the best 32 chunks). It depends on
-    k only, not on the batch at hand, so the compiled batch pass is compiled once for every batch length (the
-    selection is exact for any length; the default ``batch_tokens`` is 8,192)."""
-    if k <= 0:
-        return 0
-    c = 1
-    while (2 * c) ** 2 * k <= n:
-        c *= 2
-    return max(c, 2)
-
-
-def _chunk_max(keys: torch.Tensor, c: int, fill: float) -> torch.Tensor:
-    """[R, n] -> [R, m]: the largest key of each run of ``c`` entries, m = ceil(n / c) + 1 (the last runs padded with
-    ``fill``; one more than needed, so that m >= 2 without a comparison: torch.compile then neither specialises a
-    short batch on a size of 1 nor guards on the batch length)."""
-    n = keys.shape[1]
-    m = (n + c - 1) // c + 1
-    padded = torch.nn.functional.pad(keys, (0, m * c - n), value=fill)
-    return padded.view(keys.shape[0], m, c).amax(2)
-
-
-def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, bin_base: torch.Tensor, *,
-                threshold: float, code_lo: int, k_bins: int, bits: int, size: int, want_low: bool,
-                want_sample: bool, chunks: tuple[int, int, int] = (0, 0, 0)) -> tuple[Any, ...]:
-    """Everything elementwise or row-wise the sync-free path needs from a batch's neuron-major activations
-    vt [N, n] float32 (any values; non-finite ones are left out), in one function that ``torch.compile`` fuses.
-
-    Returns n_good [N], mean and M2 of the finite values (float64; two-pass: exact float64 deviations), their min
-    and max, the active counts, the histogram counts [N * bins + 1] (last slot: left out), the top set's keys
-    [N, n] (float64 value with the tie-break hash in its low mantissa bits, -inf = left out), the bottom set's keys
-    (the same for -value; None unless ``want_low``) and the sample's int32 keys (minus the token hash where active,
-    int32 min elsewhere; None unless ``want_sample``). Where ``chunks`` gives a set a chunk length c > 0, that set's
-    keys come as their chunk maxima [N, ceil(n / c) + 1] instead (:func:`_select`; fused here, the [N, n] keys are
-    never written)."""
-    finite = torch.isfinite(vt)
-    n_good = finite.sum(1)
-    vn = torch.where(finite, vt, math.nan)
-    mean_b = torch.nansum(vn, 1, dtype=torch.float64) / n_good.double().clamp(min=1)
-    m2_b = torch.nansum((vn.double() - mean_b[:, None]) ** 2, 1)
-    vmin = torch.where(finite, vt, math.inf).amin(1).double()
-    vmax = torch.where(finite, vt, -math.inf).amax(1).double()
-    active = vn > threshold  # NaN compares False
-    n_active = active.sum(1, dtype=torch.int32)
-    z = _bin_offset(vn, code_lo, k_bins, bits) + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
-    flat = torch.where(finite, z, size).reshape(-1)
-    ones = torch.ones(1, dtype=torch.int32, device=vt.device).expand(flat.numel())
-    counts = torch.zeros(size + 1, dtype=torch.int32, device=vt.device).index_add_(0, flat, ones)
-    keys = (vn.double().view(torch.int64) | hbits[None, :]).view(torch.float64)  # tie-broken (NaN stays NaN)
-    high = torch.where(finite, keys, -math.inf)
-    low = torch.where(finite, -keys, -math.inf) if want_low else None  # key of -value = -(key of value)
-    skeys = torch.where(active, neg_hash[None, :], _INT32_MIN) if want_sample else None
-    c_top, c_low, c_sample = chunks
-    if c_top:
-        high = _chunk_max(high, c_top, -math.inf)
-    if low is not None and c_low:
-        low = _chunk_max(low, c_low, -math.inf)
-    if skeys is not None and c_sample:
-        skeys = _chunk_max(skeys, c_sample, _INT32_MIN)
-    return n_good, mean_b, m2_b, vmin, vmax, n_active, counts, high, low, skeys
-
-
-def _keys_at(vt: torch.Tensor, tok: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, kind: str,
-             threshold: float) -> torch.Tensor:
-    """The keys [N, L] :func:`_batch_pass` gives set ``kind`` ("top", "bottom", "sample") at token indices ``tok``
-    [N, L] of each row; an index >= n (past the batch: the last chunk's padding) is left out."""
-    n = vt.shape[1]
-    inside = tok < n
-    t = tok.clamp(max=n - 1)
-    v = vt.gather(1, t)
-    ok = inside & torch.isfinite(v)
-    if kind == "sample":
-        return torch.where(ok & (v > threshold), neg_hash[t], _INT32_MIN)
-    keys = (v.double().view(torch.int64) | hbits[t]).view(torch.float64)
-    return torch.where(ok, keys if kind == "top" else -keys, -math.inf)
-
-
-def _select(keys: torch.Tensor, k: int, c: int, n: int, rekey: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's ``k`` largest keys and their token indices in [0, n), ([N, k], [N, k]), without a host sync.
-
-    With c = 0, ``keys`` are all of them [N, n]: one ``topk``. With c > 0 they are chunk maxima [N, m] (chunk j =
-    tokens j*c .. j*c + c - 1) and the selection takes two small top-k instead of one over n: the k chunks with the
-    largest maxima hold every one of the row's k largest keys (a chunk holding one of them has a maximum at least
-    the k-th largest key, and only k keys are that large: keys are distinct, tie-broken by the token hash), so the
-    top-k of those chunks' k * c entries (``rekey(tok)`` rebuilds their keys) is the row's top-k. Exact; measured
-    on an H200 a row-wise ``topk`` of 8,192 float64 keys took 1.0 ms a site, two thirds of the statistics' time."""
-    if c == 0:
-        best, tok = torch.topk(keys, min(k, n), dim=1, sorted=False)
-        return best, tok
-    _, chunk = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=False)  # [N, k'] best chunks
-    tok = (chunk[:, :, None] * c + torch.arange(c, device=keys.device)).flatten(1)  # [N, k' * c]
-    cand = rekey(tok)
-    best, sel = torch.topk(cand, min(k, n), dim=1, sorted=False)
-    # a row with fewer than k keys above the left-out key may fill its slots from the last chunk's padding: those
-    # slots are left out (their key says so), but their index must stay inside the batch for the gathers after
-    return best, tok.gather(1, sel).clamp(max=n - 1)
-
-
-def _run_compiled(fn: Any, *args: Any, compile_key: str | None, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``, through ``torch.compile`` when ``compile_key`` is given (accelerators: the device
-    type; compiled once per process, function and key, with dynamic shapes). If compiling fails (no Triton, no
-    compiler), a warning says so once per function and the eager version runs from then on."""
-    if compile_key is None:
-        return fn(*args, **kwargs)
-    key = (fn.__name__, compile_key)
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = _COMPILED[key] = torch.compile(fn, dynamic=True)
-    if compiled is fn:
-        return fn(*args, **kwargs)
-    try:
-        return compiled(*args, **kwargs)
-    except Exception as err:  # noqa: BLE001  (a compiler failure of any kind: fall back to the same function, eager)
-        warnings.warn(f"torch.compile of the statistics' {fn.__name__} failed ({type(err).__name__}: "
-                      f"{str(err)[:200]}); using eager kernels (slower, same results)", RuntimeWarning, stacklevel=3)
-        _COMPILED[key] = fn
-        return fn(*args, **kwargs)
-
-
-def is_compiled(fn_name: str, device_type: str) -> bool:
-    """Whether the statistics' ``fn_name`` ("_batch_pass", "_keys_at") runs compiled on ``device_type`` (it has been
-    compiled and did not fall back to eager); for the benchmarks' reports."""
-    compiled = _COMPILED.get((fn_name, device_type))
-    return compiled is not None and compiled is not globals()[fn_name]
-
 
 class SiteStats:
     """All streaming statistics of one site (see the module docstring). Tensors live on ``device``."""
@@ -602,7 +405,7 @@ class SiteStats:
         if n == 0:
             return
         if self.sync_free:
-            self._add_sync_free(acts, doc, pos, ctx)
+            stats_device.add_sync_free(self, acts, doc, pos, ctx)
             return
         vals = acts if acts.dtype == torch.float32 else acts.float()  # histogram and examples: float32
         x = acts.to(torch.float64, copy=True)  # [n, N] scratch; statistics accumulate in float64 whatever the dtype
@@ -641,49 +444,6 @@ class SiteStats:
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
-
-    def _add_sync_free(self, acts: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
-        """The accelerator path: fixed shapes, no host sync, few passes. Everything works on one neuron-major copy
-        [N, n] (row reductions and row-wise top-k read contiguous memory: a dim-0 ``topk`` on [n, N] measured
-        1.7 ms against 1.0 ms on an H200 for 8,192 x 3,072 float64). One elementwise pass (:func:`_batch_pass`,
-        compiled into a few fused kernels on accelerators) gives the moments, counts, histogram and the example
-        sets' chunk maxima; then a two-stage row-wise top-k per example set (:func:`_select`) and a merge. Equal to
-        the CPU path (tests)."""
-        n, cfg = acts.shape[0], self.config
-        vt = torch.empty((self.n_neurons, n), dtype=torch.float32, device=acts.device).copy_(acts.T)  # [N, n]
-        h = _token_hash(doc, pos)
-        hbits, neg_hash, threshold = h & _LOW_BITS, (-h).to(torch.int32), float(cfg.active_threshold)
-        chunks = (_chunk_size(self.top.k), _chunk_size(self.bottom.k), _chunk_size(self.sample.k))
-        # compiled on accelerators, once for all batch lengths but 1 (torch.compile specialises a size of 1: such a
-        # batch, a one-token document at the end of a corpus, runs eager rather than compiling everything again)
-        dev = acts.device.type
-        compile_key = dev if COMPILE and dev not in _EAGER_DEVICES and n > 1 else None
-        out = _run_compiled(
-            _batch_pass, vt, hbits, neg_hash, self._bin_base, threshold=threshold, code_lo=self._code_lo,
-            k_bins=self._k_bins, bits=cfg.hist_bits, size=self.n_neurons * self.n_bins, want_low=self.bottom.k > 0,
-            want_sample=self.sample.k > 0, chunks=chunks, compile_key=compile_key)
-        n_good, mean_b, m2_b, bmin, bmax, n_active, counts, high, low, skeys = out
-        self.n_nonfinite += n - n_good
-        self._merge_moments(n_good.double(), mean_b, m2_b, bmin, bmax)
-        self.n_active += n_active
-        self.hist += counts[:-1].view(self.n_neurons, self.n_bins)
-
-        def rekey(kind: str) -> Any:
-            return lambda tok: _run_compiled(_keys_at, vt, tok, hbits, neg_hash, kind, threshold,
-                                             compile_key=compile_key)
-
-        # Examples: -inf keys are left out (non-finite values; inactive tokens for the sample).
-        top, tok = _select(high, self.top.k, chunks[0], n, rekey("top"))
-        self.top.merge_dense(top, tok, vt.gather(1, tok), doc, pos, ctx)
-        if low is not None:  # keys of -value: the most negative values
-            top, tok = _select(low, self.bottom.k, chunks[1], n, rekey("bottom"))
-            self.bottom.merge_dense(top, tok, vt.gather(1, tok), doc, pos, ctx)
-        if skeys is not None:
-            # the random sample: one key per token, the same for every neuron (minus its hash: the smallest hashes
-            # are kept), eligible = active; int32 keys: a 32-bit top-k costs about half a 64-bit one
-            top, tok = _select(skeys, self.sample.k, chunks[2], n, rekey("sample"))
-            chosen = torch.where(top == _INT32_MIN, -math.inf, top.double() / float(1 << 31))
-            self.sample.merge_dense(chosen, tok, vt.gather(1, tok), doc, pos, ctx)
 
     def _merge_moments(self, nb: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, bmin: torch.Tensor,
                        bmax: torch.Tensor) -> None:

@@ -226,30 +226,29 @@ def test_config_validation():
 
 
 def _pass_inputs(n_neurons: int, n_tok: int, seed: int):
-    from neuron_core.stats import _LOW_BITS, _token_hash
-
     g = torch.Generator().manual_seed(seed)
     vt = torch.randn(n_neurons, n_tok, generator=g) * 2
     vt[:, ::7] = torch.round(vt[:, ::7])  # ties
     vt[3, 5], vt[7, 9], vt[8, 10] = float("nan"), float("inf"), float("-inf")
     doc, pos = torch.arange(n_tok) // 50, torch.arange(n_tok) % 50
-    h = _token_hash(doc, pos)
     s = SiteStats(n_neurons)
     kwargs = dict(threshold=0.0, code_lo=s._code_lo, k_bins=s._k_bins, bits=s.config.hist_bits,
                   size=n_neurons * s.n_bins, want_low=True, want_sample=True)
-    return (vt, h & _LOW_BITS, (-h).to(torch.int32), s._bin_base), kwargs
+    from neuron_core.stats_device import _token_bits
+
+    return (vt, *_token_bits(doc, pos), s._bin_base), kwargs
 
 
 def test_compiled_batch_pass_equals_eager():
     """The accelerators run the batch pass through torch.compile (fused kernels): on CPU's compiler here, with
     dynamic shapes (a second shape reuses the compiled code), it gives the eager results: integers, keys, extremes
     bit for bit, float64 sums to rounding."""
-    from neuron_core.stats import _batch_pass
+    from neuron_core.stats_device import _batch_pass
 
     compiled = torch.compile(_batch_pass, dynamic=True)
     names = "n_good mean m2 min max n_active counts high low sample_keys".split()
-    for shape, chunks in (((40, 300), (0, 0, 0)), ((24, 517), (0, 0, 0)), ((40, 300), (4, 8, 2)),
-                          ((24, 517), (4, 8, 2))):
+    plain, chunked = ((0, 0), (0, 0), (0, 0)), ((4, 6), (8, 3), (2, 5))
+    for shape, chunks in (((40, 300), plain), ((24, 517), plain), ((40, 300), chunked), ((24, 517), chunked)):
         args, kwargs = _pass_inputs(*shape, seed=shape[1])
         kwargs["chunks"] = chunks  # chunk maxima (the [N, n] keys never written): n not a multiple of c
         got, want = compiled(*args, **kwargs), _batch_pass(*args, **kwargs)
@@ -261,7 +260,7 @@ def test_compiled_batch_pass_equals_eager():
 
 
 def test_chunk_size_balances_the_two_stages():
-    from neuron_core.stats import _chunk_size
+    from neuron_core.stats_device import _chunk_size
 
     assert _chunk_size(32) == 16 and _chunk_size(8) == 32  # 512 maxima, then 512 / 256 candidates a row
     assert _chunk_size(0) == 0 and _chunk_size(10**6) == 2
@@ -271,12 +270,12 @@ def test_chunk_size_balances_the_two_stages():
             assert c & (c - 1) == 0 and (c == 2 or c * c * k <= n < 4 * c * c * k)
 
 
-@pytest.mark.parametrize("n", [8, 64, 257, 1000, 4096])
+@pytest.mark.parametrize("n", [3, 8, 64, 257, 1000, 4096])
 def test_two_stage_selection_equals_one_topk(n):
     """_select with chunk maxima keeps exactly the keys and tokens of one full top-k, for layouts made to trip a
     chunked selection: the best keys all in one chunk, one in each of k chunks (a selection of k - 1 chunks misses
     one), rising and falling runs, few finite keys (the rest -inf), n not a multiple of the chunk."""
-    from neuron_core.stats import _chunk_max, _chunk_size, _select
+    from neuron_core.stats_device import _chunk_max, _chunk_size, _select
 
     g = torch.Generator().manual_seed(n)
     k = 6
@@ -296,19 +295,17 @@ def test_two_stage_selection_equals_one_topk(n):
     rows.append(torch.full((n,), -math.inf, dtype=torch.float64))  # nothing eligible
     keys = torch.stack(rows)
     want_keys, want_tok = torch.topk(keys, min(k, n), dim=1)
-    for chunk in {c, 2, 3, 16}:
-        if chunk >= n:
-            continue
-
+    for chunk in sorted({c, 2, 3, 16}):  # chunks longer than the batch too
         def rekey(tok, keys=keys):
             return torch.where(tok < n, keys.gather(1, tok.clamp(max=n - 1)), -math.inf)
 
-        best, tok = _select(_chunk_max(keys, chunk, -math.inf), k, chunk, n, rekey)
-        assert bool(((tok >= 0) & (tok < n)).all())  # left-out slots too: the padding never leaks out
+        best, tok = _select(_chunk_max(keys, chunk, k, -math.inf), k, chunk, n, rekey)
+        assert best.shape == (len(rows), k) and bool(((tok >= 0) & (tok < n)).all())  # padding never leaks out
         order = torch.argsort(best, dim=1, descending=True, stable=True)
-        assert torch.equal(best.gather(1, order), want_keys), chunk
+        assert torch.equal(best.gather(1, order)[:, :n], want_keys), chunk
+        assert bool((best.gather(1, order)[:, n:] == -math.inf).all())  # n < k: filler, left out
         finite = torch.isfinite(want_keys)
-        assert torch.equal(tok.gather(1, order)[finite], want_tok[finite]), chunk  # -inf slots: any left-out token
+        assert torch.equal(tok.gather(1, order)[:, :n][finite], want_tok[finite]), chunk  # -inf: any token
 
 
 def test_sync_free_path_equals_cpu_path_on_large_batches():
@@ -340,9 +337,9 @@ def test_sync_free_path_equals_cpu_path_on_large_batches():
 
 
 def test_sync_free_path_compiled_equals_cpu_path(monkeypatch):
-    """The accelerator path as it runs there, its batch pass and candidate keys through torch.compile (here CPU's
+    """The accelerator path as it runs there, its batch pass and set updates through torch.compile (here CPU's
     compiler; dynamic shapes: batches of several lengths, one compile per function and set), equals the CPU path."""
-    from neuron_core import stats as stats_mod
+    from neuron_core import stats_device as stats_mod
 
     monkeypatch.setattr(stats_mod, "_COMPILED", {})
     monkeypatch.setattr(stats_mod, "_EAGER_DEVICES", set())  # compile on CPU as on an accelerator
@@ -352,14 +349,14 @@ def test_sync_free_path_compiled_equals_cpu_path(monkeypatch):
     a, b = SiteStats(N, config=cfg), SiteStats(N, config=cfg, sync_free=True)
     torch._dynamo.reset()  # compiled code of the other tests' calls counts towards the limit below
     # one compile of the batch pass for every batch length (13 tokens too: no size-1 specialisation), one of the
-    # candidate keys per set: a fourth compile of either raises, and the fallback's warning fails the test
+    # set update per set: a fourth compile of either raises, and the fallback's warning fails the test
     with warnings.catch_warnings(record=True) as caught, torch._dynamo.config.patch(
             recompile_limit=3, fail_on_recompile_limit_hit=True):
         warnings.simplefilter("always")
         for s in (a, b):
             _feed(s, acts, doc, pos, ctx, [700, 1024, 13, 863, 1])
     assert not [w for w in caught if "torch.compile of the statistics" in str(w.message)]  # no eager fallback
-    assert stats_mod.is_compiled("_batch_pass", "cpu") and stats_mod.is_compiled("_keys_at", "cpu")
+    assert stats_mod.is_compiled("_batch_pass", "cpu") and stats_mod.is_compiled("_update_set", "cpu")
     torch.testing.assert_close(a.mean, b.mean, rtol=1e-12, atol=1e-12)
     assert torch.equal(a.hist, b.hist) and torch.equal(a.n_active, b.n_active) and torch.equal(a.max, b.max)
     for name in ("top", "bottom", "sample"):
@@ -368,7 +365,7 @@ def test_sync_free_path_compiled_equals_cpu_path(monkeypatch):
 
 
 def test_batch_pass_falls_back_to_eager_when_compiling_fails(monkeypatch):
-    from neuron_core import stats as stats_mod
+    from neuron_core import stats_device as stats_mod
 
     def broken_compile(fn, **_kw):
         def run(*_a, **_k):
