@@ -23,7 +23,9 @@
 #            its tokenizer; the built-in corpus is too short for 8 x 32 x 512 tokens)
 #   memory   memory_scaling.py --device cuda: layer 1 of the random GPT-2 (early stop), 10k / 100k / 1M tokens
 # Measured on an H200 (2026-11-27): all steps about 240 s plus about 50 s of set-up (wheels, imports) and the
-# machine's start; "parity compare parts" 190 s. Each Python process compiles the batch pass once (about 10 s).
+# machine's start; "parity compare parts" 190 s (at 70efda7). Each Python process compiles the statistics' five
+# functions once (neuron_core/stats_device.py; 17 s cold on this project's 2-core CPU, the batch pass alone took
+# about 10 s on the H200).
 # Dry run of the script's plumbing on a machine without a GPU (tiny sizes, CPU; wheels built for that Python):
 #   DRY_RUN=1 WHEEL_DIR=/path/to/cp311-wheels PY=/path/to/python bash benchmarks/gpu.sh
 set -uo pipefail

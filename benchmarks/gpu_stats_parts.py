@@ -112,7 +112,7 @@ def main() -> None:
     # keys; chunk length 0 makes the batch pass return the [N, n] keys, compiled for that variant on first use)
     two_stage = stats_mod._chunk_size
     stats_mod._chunk_size = lambda k, n=0: 0
-    row("SiteStats.add, whole, one-stage top-k over all n keys (before 2-stage selection; compiled)",
+    row("SiteStats.add, whole, one-stage top-k over all n keys (the selection before b716292)",
         timed(full_add))
     stats_mod._chunk_size = two_stage
     sync()
