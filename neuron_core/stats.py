@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,6 +80,10 @@ class StatsConfig:
     def context_width(self) -> int:
         return self.context_before + 1 + self.context_after
 
+
+_FLOOR_AFTER = 2
+"""An example set's pre-filter also applies the batch histogram's floor when more than this many candidates per
+neuron (times k) pass its own threshold."""
 
 _GROUP_BY_TRANSPOSE = 4
 """Above this many candidates per neuron on average, a neuron-major ``nonzero`` (one transposed copy of the mask)
@@ -149,12 +154,15 @@ class ExampleSet:
 
     # -- update ---------------------------------------------------------------------------------------------
     def offer_values(self, values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, *,
-                     largest: bool = True, has_nan: bool = False, floor: torch.Tensor | None = None) -> None:
+                     largest: bool = True, has_nan: bool = False,
+                     floor: torch.Tensor | Callable[[], torch.Tensor] | None = None) -> None:
         """Offer a batch keyed by its values: values [n, N] float32 (NaN = left out); doc, pos [n]; ctx [n, W].
 
-        ``largest=False`` keeps the most negative values (the key is -value). ``floor`` [N] float32, optional: per
-        neuron a key that each of the batch's k best entries reaches (:class:`SiteStats` reads it off the batch's
-        histogram); it narrows the pre-filter while the set is still filling, and never changes the result."""
+        ``largest=False`` keeps the most negative values (the key is -value). ``floor`` [N] float32, optional (or a
+        function that computes it): per neuron a key that each of the batch's k best entries reaches
+        (:class:`SiteStats` reads it off the batch's histogram). Used when the set's own threshold lets through
+        many more entries than it can keep (a cold set, or a neuron whose values jumped): it narrows the pre-filter
+        to about the batch's own k best, and never changes the result."""
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
@@ -163,10 +171,15 @@ class ExampleSet:
         # comparing in float32 is exact; ties at the threshold stay candidates (the tie-break decides); NaN
         # compares False.
         thr = _float32_floor(self.threshold)
-        if floor is not None:
-            thr = torch.maximum(thr, floor)
+        if floor is not None and self._empty:  # nothing kept yet: every value passes the set's threshold
+            thr = torch.maximum(thr, floor() if callable(floor) else floor)
+            floor = None
         cand = values >= thr if largest else values <= -thr
         count = int(torch.count_nonzero(cand))
+        if count > _FLOOR_AFTER * self.k * self.n_neurons and floor is not None:
+            thr = torch.maximum(thr, floor() if callable(floor) else floor)
+            cand = values >= thr if largest else values <= -thr
+            count = int(torch.count_nonzero(cand))
         if count == 0:
             return
         if count > n * self.n_neurons // 8:
@@ -360,6 +373,47 @@ def _bin_table(code_lo: int, k_bins: int, bits: int, device: str = "cpu") -> tor
     patterns = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
     return to_device(_bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
 
+_MOMENT_BLOCK_VALUES = 1 << 18
+"""The CPU path reduces a batch in blocks of rows of about this many values (2 MiB as float64: in cache), so the
+float64 moments never write a float64 copy of the batch to memory: on 2 cores, 8,192 x 1,536 values, mean, M2 and
+the active counts took 57 ms whole-batch and 10 to 25 ms in blocks (``benchmarks/NOTES.md``)."""
+_HIST_BLOCK_VALUES = 1 << 17
+"""The histogram's bin lookup works in blocks of about this many values (its int32 intermediates stay in cache)."""
+
+
+def _block_rows(x: torch.Tensor, values: int) -> int:
+    """Rows per block for a blocked pass over x [n, N]: about ``values`` values on CPU; all rows elsewhere (on an
+    accelerator one kernel over the whole batch beats many small ones)."""
+    if x.device.type != "cpu":
+        return max(x.shape[0], 1)
+    return max(16, values // max(x.shape[1], 1))
+
+
+def _moments_float64(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means and sums of squared deviations (two-pass M2) of x [n, N], in float64 (x promoted exactly),
+    block by block through one float64 scratch of ``rows`` rows: no float64 copy of the whole batch."""
+    n, width = x.shape
+    scratch = torch.empty((min(rows, n), width), dtype=torch.float64, device=x.device)
+    total = torch.zeros(width, dtype=torch.float64, device=x.device)
+    for i in range(0, n, rows):
+        block = x[i:i + rows]
+        total += scratch[:block.shape[0]].copy_(block).sum(0)
+    mean = total / n
+    m2 = torch.zeros(width, dtype=torch.float64, device=x.device)
+    for i in range(0, n, rows):
+        block = x[i:i + rows]
+        m2 += torch.sub(block, mean, out=scratch[:block.shape[0]]).square_().sum(0)
+    return mean, m2
+
+
+def _count_rows(mask: torch.Tensor, rows: int) -> torch.Tensor:
+    """Column counts of a bool mask [n, N] (int64), block by block (a whole-mask sum converts it first: 4x slower)."""
+    total = torch.zeros(mask.shape[1], dtype=torch.long, device=mask.device)
+    for i in range(0, mask.shape[0], rows):
+        total += mask[i:i + rows].sum(0)
+    return total
+
+
 class SiteStats:
     """All streaming statistics of one site (see the module docstring). Tensors live on ``device``."""
 
@@ -381,7 +435,6 @@ class SiteStats:
         self._k_bins = magnitudes.numel() - 1
         self.edges = to_device(torch.cat([-magnitudes.flip(0), magnitudes]), dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1
-        self._rows_seen = 0  # tokens streamed so far (with the stored counts, after a load): picks a pre-filter
         inf = torch.full((1,), math.inf, device=dev)
         self._bin_lower = torch.cat([-inf, self.edges])  # [bins] every value of a bin is >= its lower edge
         self._bin_upper = torch.cat([self.edges, inf])  # ... and <= its upper edge
@@ -407,17 +460,17 @@ class SiteStats:
         if self.sync_free:
             stats_device.add_sync_free(self, acts, doc, pos, ctx)
             return
-        vals = acts if acts.dtype == torch.float32 else acts.float()  # histogram and examples: float32
-        x = acts.to(torch.float64, copy=True)  # [n, N] scratch; statistics accumulate in float64 whatever the dtype
-        mean_b = x.sum(0) / n
+        vals = acts if acts.dtype == torch.float32 else acts.float()  # exact for half types; all paths read it
+        rows = _block_rows(vals, _MOMENT_BLOCK_VALUES)
+        mean_b, m2_b = _moments_float64(vals, rows)
         # One check decides the path: a mean is finite iff every value is (no float64 overflow from float32).
         clean = bool(torch.isfinite(mean_b).all())
         if clean:
             nb = torch.full_like(mean_b, float(n))
-            m2_b = x.sub_(mean_b).square_().sum(0)  # two-pass M2, in place on the scratch copy
             bmin, bmax = vals.amin(0).double(), vals.amax(0).double()
             finite_vals = vals
         else:
+            x = vals.double()  # rare (a batch with inf or NaN): whole-batch float64 scratch
             finite = torch.isfinite(acts)  # [n, N]
             self.n_nonfinite += (~finite).sum(0)
             xz = torch.where(finite, x, 0.0)
@@ -427,20 +480,26 @@ class SiteStats:
             bmin = torch.where(finite, x, math.inf).amin(0)
             bmax = torch.where(finite, x, -math.inf).amax(0)
             finite_vals = torch.where(finite, vals, torch.nan)
-        del x
+            del x, xz
         self._merge_moments(nb, mean_b, m2_b, bmin, bmax)
         active = finite_vals > self.config.active_threshold  # [n, N]; NaN compares False
-        self.n_active += active.sum(0, dtype=torch.int32)
+        self.n_active += _count_rows(active, rows)
         batch_hist = self._add_histogram(finite_vals, has_nan=not clean)
-        # Examples: NaN marks left-out values; the sets never take them. While the sets are cold (this batch is
-        # larger than everything before it), the batch's histogram bounds each set's candidates from the batch's
-        # side too: without it the first batch offers every value. Once warm, a set's own threshold is tighter.
-        top_floor, bottom_floor = (self._batch_floors(batch_hist) if self._rows_seen < n else (None, None))
-        self._rows_seen += n
-        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean, floor=top_floor)
+        # Examples: NaN marks left-out values; the sets never take them. Where a set's own threshold lets many
+        # entries through (cold sets: the first batch offers every value; a neuron whose values jumped), the
+        # batch's histogram bounds the candidates from the batch's side too. Once warm, the threshold is tighter.
+        floors: list[torch.Tensor] = []
+
+        def floor(i: int) -> torch.Tensor:  # computed once, only if a set lets many candidates through
+            if not floors:
+                floors.extend(self._batch_floors(batch_hist))
+            return floors[i]
+
+        self.top.offer_values(finite_vals, doc, pos, ctx, largest=True, has_nan=not clean,
+                              floor=functools.partial(floor, 0))
         if self.bottom.k:
             self.bottom.offer_values(finite_vals, doc, pos, ctx, largest=False, has_nan=not clean,
-                                     floor=bottom_floor)
+                                     floor=functools.partial(floor, 1))
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
@@ -463,15 +522,17 @@ class SiteStats:
 
         A value's bin depends only on the top 16 bits of its float32 pattern (sign, exponent and up to 7 mantissa
         bits; ``hist_bits`` <= 6): one table lookup per value (:func:`_bin_table`, the same integer formula as the
-        sync-free path, tabulated once) replaces five integer passes."""
+        sync-free path, tabulated once) replaces five integer passes. Done in blocks of rows on CPU, so the
+        lookup's int32 intermediates stay in cache (58 -> 22 ms for 8,192 x 1,536 values on 2 cores)."""
         vals = vals.contiguous()
         high = vals.view(torch.uint16)[..., 1::2] if _LITTLE_ENDIAN else vals.view(torch.uint16)[..., 0::2]
-        idx = high.to(torch.int32)
         table = _bin_table(self._code_lo, self._k_bins, self.config.hist_bits, str(vals.device))
-        z = table.index_select(0, idx.view(-1))
-        z = z.view_as(idx) if self._bin_base.dtype == torch.int32 else z.view_as(idx).long()
-        z += self._bin_base  # neuron * n_bins + (k + 1)
-        flat = z.reshape(-1)
+        z = torch.empty(vals.shape, dtype=self._bin_base.dtype, device=vals.device)  # neuron * n_bins + bin
+        rows = _block_rows(vals, _HIST_BLOCK_VALUES)
+        for i in range(0, vals.shape[0], rows):
+            idx = high[i:i + rows].to(torch.int32)
+            torch.add(table.index_select(0, idx.view(-1)).view_as(idx), self._bin_base, out=z[i:i + rows])
+        flat = z.view(-1)
         size = self.n_neurons * self.n_bins
         if has_nan:
             flat = torch.where(torch.isnan(vals).reshape(-1), size, flat)  # left out: one extra slot, dropped
@@ -545,7 +606,6 @@ class SiteStats:
         self.n_active += o.n_active
         self.n_nonfinite += o.n_nonfinite
         self.hist += o.hist
-        self._rows_seen += o._rows_seen
         self.top.merge(o.top)
         self.bottom.merge(o.bottom)
         self.sample.merge(o.sample)
@@ -573,7 +633,6 @@ class SiteStats:
         p = f"{prefix}." if prefix else ""
         for name in cls._MOMENTS:
             setattr(stats, name, state[f"{p}{name}"].to(stats.device).clone())
-        stats._rows_seen = int(stats.count.max()) if n else 0
         stats.top.load(state, f"{p}top")
         stats.bottom.load(state, f"{p}bottom")
         stats.sample.load(state, f"{p}sample")

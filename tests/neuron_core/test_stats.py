@@ -459,3 +459,60 @@ def test_histogram_floor_never_changes_the_kept_sets():
         kept = getattr(with_floor, name)
         for field in ("keys", "values", "doc", "pos", "ctx"):
             assert torch.equal(getattr(plain, field), getattr(kept, field)), (name, field)
+
+
+def test_blocked_cpu_reductions_equal_whole_batch(monkeypatch, data):
+    """The CPU path reduces big batches in blocks of rows (moments, active counts, histogram): forced down to a few
+    rows a block (blocks that do not divide the batch, a last block of one row), the statistics equal one block's
+    (counts and histogram exactly, float64 moments to rounding) and a brute-force float64 computation."""
+    from neuron_core import stats as stats_mod
+    from neuron_core.stats import _moments_float64
+
+    acts, doc, pos, ctx = data
+    x = acts.double()
+    for rows in (1, 7, 16, 2999, 3000, 5000):
+        mean, m2 = _moments_float64(acts, rows)
+        torch.testing.assert_close(mean, x.mean(0), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(m2, ((x - x.mean(0)) ** 2).sum(0), rtol=1e-11, atol=1e-9)
+    cfg = StatsConfig(top_k=5, bottom_k=3, n_samples=4)
+    whole = SiteStats(N, config=cfg)
+    _feed(whole, acts, doc, pos, ctx, [1000, 999, 1001])
+    monkeypatch.setattr(stats_mod, "_MOMENT_BLOCK_VALUES", 13 * N)  # 16 rows a block (the smallest)
+    monkeypatch.setattr(stats_mod, "_HIST_BLOCK_VALUES", 1)
+    blocked = SiteStats(N, config=cfg)
+    _feed(blocked, acts, doc, pos, ctx, [1000, 999, 1001])
+    assert stats_mod._block_rows(acts, stats_mod._MOMENT_BLOCK_VALUES) == 16
+    assert torch.equal(whole.hist, blocked.hist) and torch.equal(whole.n_active, blocked.n_active)
+    torch.testing.assert_close(blocked.mean, whole.mean, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(blocked.var, whole.var, rtol=1e-11, atol=1e-12)
+    np.testing.assert_array_equal(blocked.frac_active.numpy(), (x > 0).double().mean(0).numpy())
+
+
+def test_floor_narrows_a_warm_set_when_a_neuron_jumps(monkeypatch):
+    """A warm set whose neuron's values jump (every value of the new batch beats the kept ones) takes the batch
+    histogram's floor as its pre-filter (it is computed, once, for that batch), and keeps what a set offered the
+    same batches without any floor keeps."""
+    from neuron_core.stats import ExampleSet
+
+    g = torch.Generator().manual_seed(21)
+    sizes = [400, 400, 400]
+    acts = torch.randn(sum(sizes), N, generator=g)
+    acts[800:, 10:20] += 100.0  # ten neurons jump in the third batch
+    acts[800:, 11] = torch.round(acts[800:, 11])  # ties among the jumped values
+    doc, pos = torch.arange(1200) // 40, torch.arange(1200) % 40
+    ctx = torch.randint(0, 1000, (1200, W), generator=g, dtype=torch.int32)
+    cfg = StatsConfig(top_k=8, bottom_k=2, n_samples=0)
+    calls = []
+    real = SiteStats._batch_floors
+    monkeypatch.setattr(SiteStats, "_batch_floors", lambda self, counts: calls.append(1) or real(self, counts))
+    stats = SiteStats(N, config=cfg)
+    for lo, hi in ((0, 400), (400, 800), (800, 1200)):
+        calls.clear()
+        stats.add(acts[lo:hi], doc[lo:hi], pos[lo:hi], ctx[lo:hi])
+        assert len(calls) == (1 if lo in (0, 800) else 0), lo  # cold; jumped (2 x 8 x 48 < 10 x 400 + ...)
+    plain = ExampleSet(N, 8, W)
+    for lo, hi in ((0, 400), (400, 800), (800, 1200)):
+        plain.offer_values(acts[lo:hi], doc[lo:hi], pos[lo:hi], ctx[lo:hi])
+    for field in ("keys", "values", "doc", "pos", "ctx"):
+        assert torch.equal(getattr(plain, field), getattr(stats.top, field)), field
+    assert bool((stats.top.values[10:20] > 90).all())
