@@ -4,7 +4,7 @@
 #
 # Here, first:   bash benchmarks/gpu_wheels.sh      (fills .whl/: 12 wheels + SmolLM2's tokenizer, about 15 MiB)
 # There:         bash benchmarks/gpu.sh             (the device tool: command "bash benchmarks/gpu.sh",
-#                                                    carry [".whl"], timeout_s 420)
+#                                                    carry [".whl"], timeout_s 480 for "parity parts compare")
 # Writes $OUT/results-gpu.md (the tables; copy it to benchmarks/results-gpu.md here, then
 # `.venv-bench/bin/python benchmarks/run_all.py --only none` puts it into RESULTS.md) and $OUT/gpu.log.
 #
@@ -25,7 +25,8 @@
 # Measured on an H200 (2026-11-27): all steps about 240 s plus about 50 s of set-up (wheels, imports) and the
 # machine's start; "parity compare parts" 190 s (at 70efda7). Each Python process compiles the statistics' five
 # functions once (neuron_core/stats_device.py; 17 s cold on this project's 2-core CPU, the batch pass alone took
-# about 10 s on the H200).
+# about 10 s on the H200; the parts step compiles the one-stage variant too): since 9c2e347 expect about 30 s more
+# a step, "parity compare parts" about 300 s; the step limits allow for it.
 # Dry run of the script's plumbing on a machine without a GPU (tiny sizes, CPU; wheels built for that Python):
 #   DRY_RUN=1 WHEEL_DIR=/path/to/cp311-wheels PY=/path/to/python bash benchmarks/gpu.sh
 set -uo pipefail
@@ -40,7 +41,7 @@ WHEEL_DIR=${WHEEL_DIR:-.whl}
 DEV=cuda
 CMP_SIZES="--batch-size 32 --seq 256 --batches 6 --rounds 3"
 MEM_SIZES="--batch-size 128 --tokens 10000,100000,1000000 --timeout 80"
-LIMITS=(130 50 90)
+LIMITS=(170 90 130)  # compare, capture, memory; each includes about 30 s of compiling (see above)
 if [ "${DRY_RUN:-0}" = 1 ]; then
   DEV=cpu; CMP_SIZES="--batch-size 2 --seq 32 --batches 1 --rounds 1"; MEM_SIZES="--batch-size 16 --tokens 500,1000"
   LIMITS=(600 300 300)
@@ -92,14 +93,14 @@ step() {  # step NAME TIMEOUT_S COMMAND... : runs, keeps its stdout for the resu
 # CUDA-vs-CPU parity first: the core's correctness on the device matters most (benchmarks/gpu_parity.py)
 if [ "${DRY_RUN:-0}" = 1 ]; then PARITY_ARGS="--dry-run --tokens 1500"; else PARITY_ARGS="--tokens ${PARITY_TOKENS:-6000}"; fi
 # shellcheck disable=SC2086
-want parity && step parity "${PARITY_LIMIT:-100}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
+want parity && step parity "${PARITY_LIMIT:-150}" $PY benchmarks/gpu_parity.py $PARITY_ARGS
 
 # shellcheck disable=SC2086  # the size strings are meant to split
 want compare && step compare "${LIMITS[0]}" $PY benchmarks/compare_libraries.py --device $DEV $CMP_SIZES ${SKIP:+--skip $SKIP} \
   --json "$OUT/compare-gpu.json"
 if [ "${DRY_RUN:-0}" = 1 ]; then PARTS_ARGS="--device cpu --tokens 512 --neurons 256"; else PARTS_ARGS=""; fi
 # shellcheck disable=SC2086
-want parts && step parts "${PARTS_LIMIT:-150}" $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
+want parts && step parts "${PARTS_LIMIT:-200}" $PY benchmarks/gpu_stats_parts.py $PARTS_ARGS
 # shellcheck disable=SC2086
 want capture && step capture "${LIMITS[1]}" $PY benchmarks/_tokenizer_shim.py benchmarks/capture_overhead.py --device $DEV $CMP_SIZES
 # shellcheck disable=SC2086
