@@ -155,14 +155,14 @@ class ExampleSet:
     # -- update ---------------------------------------------------------------------------------------------
     def offer_values(self, values: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor, *,
                      largest: bool = True, has_nan: bool = False,
-                     floor: torch.Tensor | Callable[[], torch.Tensor] | None = None) -> None:
+                     floor: Callable[[], torch.Tensor] | None = None) -> None:
         """Offer a batch keyed by its values: values [n, N] float32 (NaN = left out); doc, pos [n]; ctx [n, W].
 
-        ``largest=False`` keeps the most negative values (the key is -value). ``floor`` [N] float32, optional (or a
-        function that computes it): per neuron a key that each of the batch's k best entries reaches
-        (:class:`SiteStats` reads it off the batch's histogram). Used when the set's own threshold lets through
-        many more entries than it can keep (a cold set, or a neuron whose values jumped): it narrows the pre-filter
-        to about the batch's own k best, and never changes the result."""
+        ``largest=False`` keeps the most negative values (the key is -value). ``floor``, optional, computes [N]
+        float32: per neuron a key that each of the batch's k best entries reaches (:class:`SiteStats` reads it off
+        the batch's histogram). It is called only when the set's own threshold lets through many more entries than
+        the set can keep (a cold set, or a neuron whose values jumped), narrows the pre-filter to about the batch's
+        own k best, and never changes the result."""
         n = values.shape[0]
         if n == 0 or self.k == 0:
             return
@@ -171,13 +171,14 @@ class ExampleSet:
         # comparing in float32 is exact; ties at the threshold stay candidates (the tie-break decides); NaN
         # compares False.
         thr = _float32_floor(self.threshold)
-        if floor is not None and self._empty:  # nothing kept yet: every value passes the set's threshold
-            thr = torch.maximum(thr, floor() if callable(floor) else floor)
-            floor = None
-        cand = values >= thr if largest else values <= -thr
-        count = int(torch.count_nonzero(cand))
-        if count > _FLOOR_AFTER * self.k * self.n_neurons and floor is not None:
-            thr = torch.maximum(thr, floor() if callable(floor) else floor)
+        cand, count = None, 0
+        if not self._empty:  # an empty set lets every value through: take the floor straight away
+            cand = values >= thr if largest else values <= -thr
+            count = int(torch.count_nonzero(cand))
+        if floor is not None and (cand is None or count > _FLOOR_AFTER * self.k * self.n_neurons):
+            thr = torch.maximum(thr, floor())
+            cand = None
+        if cand is None:
             cand = values >= thr if largest else values <= -thr
             count = int(torch.count_nonzero(cand))
         if count == 0:
@@ -372,6 +373,7 @@ def _bin_table(code_lo: int, k_bins: int, bits: int, device: str = "cpu") -> tor
     number) are the index (exact: the offset reads only the top 9 + ``bits`` <= 15 bits). Shared: never modify."""
     patterns = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
     return to_device(_bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
+
 
 _MOMENT_BLOCK_VALUES = 1 << 18
 """The CPU path reduces a batch in blocks of rows of about this many values (2 MiB as float64: in cache), so the
