@@ -88,6 +88,20 @@ def _run(step: Step, quick: bool, timeout: float) -> tuple[str, float, str | Non
     return done.stdout, seconds, None
 
 
+def _tree_state() -> str:
+    """The commit the benchmarks ran at, and whether tracked files differed from it (the numbers then belong to
+    that working tree, not to the commit alone)."""
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=HERE.parent, capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "commit unknown (not a git checkout)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"commit {commit}" + (" + uncommitted changes" if dirty else "")
+
+
 def _machine_section() -> str:
     from _common import machine_info
 
@@ -119,6 +133,7 @@ def main() -> None:
 
     started = _dt.datetime.now()
     machine = _machine_section()
+    tree = _tree_state()
     previous = Path(args.out).read_text() if Path(args.out).exists() else ""
     kept_machine = re.search(r"<!-- machine -->\n(.*?)\n<!-- /machine -->", previous, re.S)
     if only and kept_machine:  # the kept sections were measured there
@@ -134,7 +149,7 @@ def main() -> None:
         out, seconds, error = _run(step, args.quick, args.timeout)
         cmd = "python " + " ".join(step.quick_args if args.quick else step.args)
         body = [f"<!-- step:{step.key} -->", f"## {step.title}", "", step.about, "",
-                f"Command: `{cmd}` ({seconds:.0f} s, {_dt.datetime.now():%Y-%m-%d})", "", out.strip()]
+                f"Command: `{cmd}` ({seconds:.0f} s, {_dt.datetime.now():%Y-%m-%d}, {tree})", "", out.strip()]
         if error:
             body += ["", f"**This step failed**: {error}"]
         body.append("<!-- /step -->")

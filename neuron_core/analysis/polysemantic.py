@@ -123,22 +123,30 @@ class _Clustering:
 
 
 def _cluster(X: np.ndarray, values: np.ndarray, sampled: np.ndarray, cfg: DetectorConfig) -> _Clustering:
-    """Choose k by the silhouette criterion; return the clustering with its substantial modes."""
-    from sklearn.cluster import AgglomerativeClustering
+    """Choose k by the silhouette criterion; return the clustering with its substantial modes.
+
+    One average-linkage tree on cosine distances (what ``AgglomerativeClustering(metric="cosine",
+    linkage="average")`` builds for each k) is cut at every k, and the silhouettes reuse its distances."""
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import pdist, squareform
     from sklearn.metrics import silhouette_score
 
     m = X.shape[0]
     single = _Clustering(np.zeros(m, dtype=int), [0], 0.0, {0: 1.0}, {0: 1.0})
-    if m < cfg.min_contexts:
+    ks = list(range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1))
+    if m < cfg.min_contexts or not ks:
         return single
     use_sample = sampled.sum() >= cfg.min_contexts
     mass = values.clip(min=0) * (sampled if use_sample else np.ones_like(sampled))
     if mass.sum() <= 0:
         mass = values.clip(min=0) + 1e-9
     top = values.clip(min=0) * (1.0 - sampled) if use_sample and (1.0 - sampled).sum() > 0 else mass
+    dist = np.maximum(pdist(X, metric="cosine"), 0.0)  # float64 [m * (m - 1) / 2]
+    cuts = cut_tree(linkage(dist, method="average"), n_clusters=ks)  # [m, len(ks)]: the tree cut at each k
+    square = squareform(dist)
     best: _Clustering | None = None
-    for k in range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1):
-        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
+    for col, k in enumerate(ks):
+        labels = cuts[:, col].astype(int)
         shares = {c: float(mass[labels == c].sum() / mass.sum()) for c in range(k)}
         # a rare mode can carry little of the mass yet a good part of the strongest activations: count both
         weights = {c: max(shares[c], float(top[labels == c].sum() / max(top.sum(), 1e-12))) for c in range(k)}
@@ -146,7 +154,7 @@ def _cluster(X: np.ndarray, values: np.ndarray, sampled: np.ndarray, cfg: Detect
         if len(modes) < 2:
             continue
         keep = np.isin(labels, modes)
-        sil = float(silhouette_score(X[keep], labels[keep], metric="cosine"))
+        sil = float(silhouette_score(square[np.ix_(keep, keep)], labels[keep], metric="precomputed"))
         if best is None or sil > best.silhouette:
             labels = np.where(keep, labels, -1)
             best = _Clustering(labels, modes, sil, {c: shares[c] for c in modes}, {c: weights[c] for c in modes})

@@ -13,41 +13,11 @@ from scipy.special import erf
 
 from neuron_core import ActivationMonitor, ModelInterface
 from neuron_core.errors import EmptyInputError, FrameworkNotAvailableError, InputError, UnknownSiteError
+from tests.neuron_core.keras_block import FF, D, WordTokenizer, build_block
 
 layers = keras.layers
 
-VOCAB, D, HEADS, FF = 40, 16, 2, 32
-
-
-class WordTokenizer:
-    """A tiny word-level tokenizer with the Hugging Face surface neuron_core uses (0 = padding)."""
-
-    def __init__(self, words: list[str]) -> None:
-        self.words = ["<pad>", *words]
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.pad_token_id = 0
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": [self.index[w] for w in text.split()]}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(" " + self.words[i] for i in ids)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-
-def build_block() -> keras.Model:
-    """Embedding + self-attention + LayerNorm + FFN (Dense gelu, Dense back) + LM head; padding id 0 is masked."""
-    keras.utils.set_random_seed(0)
-    ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
-    x = layers.Embedding(VOCAB, D, mask_zero=True, name="embed")(ids)
-    attn = layers.MultiHeadAttention(HEADS, D // HEADS, name="attn")(x, x)
-    h = layers.LayerNormalization(name="ln1")(layers.Add(name="res1")([x, attn]))
-    f = layers.Dense(FF, activation="gelu", name="ffn_up")(h)
-    f = layers.Dense(D, name="ffn_down")(f)
-    out = layers.LayerNormalization(name="ln2")(layers.Add(name="res2")([h, f]))
-    return keras.Model(ids, layers.Dense(VOCAB, name="lm_head")(out), name="tiny_block")
+VOCAB = 40
 
 
 def build_mlp() -> keras.Model:
@@ -74,7 +44,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def block() -> keras.Model:
-    return build_block()
+    return build_block(VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +214,7 @@ def test_unknown_layer_names_close_matches_before_any_work(iface, ids, monkeypat
 
 
 def test_capture_leaves_the_model_unchanged(iface, ids):
-    model = build_block()
+    model = build_block(VOCAB)
     before = np.asarray(model(ids))
     n_layers, n_weights = len(model.layers), len(model.weights)
     nodes = [len(layer._inbound_nodes) for layer in model.layers]

@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 
 from neuron_core import ActivationMonitor, ModelInterface
-
-layers = keras.layers
+from tests.neuron_core.keras_block import FF, WordTokenizer, build_block
 
 WORDS = ("the cat dog bird sat ran flew on under over a mat tree roof red blue green big small quickly "
          "slowly and then it was").split()
-VOCAB, D, HEADS, FF = len(WORDS) + 1, 16, 2, 32
-
-
-class WordTokenizer:
-    """A tiny word-level tokenizer with the Hugging Face surface neuron_core uses (0 = padding)."""
-
-    def __init__(self, words: list[str]) -> None:
-        self.words = ["<pad>", *words]
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.pad_token_id = 0
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": [self.index[w] for w in text.split()]}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(" " + self.words[i] for i in ids)
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-
-def build_block() -> keras.Model:
-    keras.utils.set_random_seed(0)
-    ids = keras.Input(shape=(None,), dtype="int32", name="input_ids")
-    x = layers.Embedding(VOCAB, D, mask_zero=True, name="embed")(ids)
-    attn = layers.MultiHeadAttention(HEADS, D // HEADS, name="attn")(x, x)
-    h = layers.LayerNormalization(name="ln1")(layers.Add(name="res1")([x, attn]))
-    f = layers.Dense(FF, activation="gelu", name="ffn_up")(h)
-    out = layers.LayerNormalization(name="ln2")(layers.Add(name="res2")([h, layers.Dense(D, name="ffn_down")(f)]))
-    return keras.Model(ids, layers.Dense(VOCAB, name="lm_head")(out), name="tiny_block")
+VOCAB = len(WORDS) + 1
 
 
 @pytest.fixture(scope="module")
 def record():
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(6, 12)))) for _ in range(24)]
-    iface = ModelInterface(build_block(), framework="tensorflow", tokenizer=WordTokenizer(WORDS))
+    iface = ModelInterface(build_block(VOCAB), framework="tensorflow", tokenizer=WordTokenizer(WORDS))
     return ActivationMonitor(iface, ["ffn_up"]).capture(texts)
 
 

@@ -155,3 +155,52 @@ def _poison(out: torch.Tensor) -> torch.Tensor:
     out[:, :1, 2] = float("nan")
     out[:, -1:, 3] = float("inf")
     return out
+
+
+def _blobs(rng: np.random.Generator, sizes: list[int], spread: float, dim: int = 24) -> np.ndarray:
+    """Unit vectors in len(sizes) groups around random directions (spread: the noise's scale)."""
+    centres = rng.normal(size=(len(sizes), dim))
+    X = np.concatenate([c + spread * rng.normal(size=(n, dim)) for c, n in zip(centres, sizes)])
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_clustering_equals_sklearn_fit_per_k():
+    """The detector cuts one average-linkage tree at each k; sklearn's AgglomerativeClustering fitted for each k
+    (and its silhouette on cosine distances) must choose the same partition."""
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+    from neuron_core.analysis.polysemantic import _cluster
+
+    cfg = DetectorConfig(merge_distance=0.0)  # keep every mode: compare the choice of k itself
+    rng = np.random.default_rng(5)
+    cases = [_blobs(rng, [20, 15], 0.3), _blobs(rng, [12, 12, 12], 0.5), _blobs(rng, [30, 6, 6, 4], 0.4),
+             _blobs(rng, [40], 0.8), _blobs(rng, [9, 9], 2.0), _blobs(rng, [7, 5], 0.2)]
+    chosen_ks = []
+    for X in cases:
+        m = len(X)
+        values = rng.uniform(1, 5, size=m)
+        sampled = (rng.uniform(size=m) < 0.5).astype(float)
+        got = _cluster(X, values, sampled, cfg)
+        mass = values * sampled
+        best_sil, best_labels = None, None
+        for k in range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1):
+            labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(X)
+            top = values * (1 - sampled)
+            ok = [c for c in range(k) if (labels == c).sum() >= cfg.min_mode_size and max(
+                mass[labels == c].sum() / mass.sum(), top[labels == c].sum() / top.sum()) >= cfg.min_share]
+            if len(ok) < 2:
+                continue
+            keep = np.isin(labels, ok)
+            sil = silhouette_score(X[keep], labels[keep], metric="cosine")
+            if best_sil is None or sil > best_sil:
+                best_sil, best_labels = sil, np.where(keep, labels, -1)
+        if best_sil is None or best_sil < cfg.silhouette_min:
+            assert got.modes == [0] and got.silhouette == 0.0
+            chosen_ks.append(1)
+            continue
+        assert adjusted_rand_score(best_labels, got.labels) == 1.0
+        assert ((best_labels == -1) == (got.labels == -1)).all()
+        assert abs(got.silhouette - best_sil) < 1e-5
+        chosen_ks.append(len(got.modes))
+    assert 1 in chosen_ks and len(set(chosen_ks)) >= 3  # the cases exercise k = 1 and several k > 1
