@@ -65,6 +65,12 @@ STEPS = [
          ["benchmarks/detection_timing.py"],
          ["benchmarks/detection_timing.py", "--max-tokens", "2000"],
          "SmolLM2-135M-Instruct, one layer (1,536 neurons), the built-in corpus, MiniLM embedder, split by stage."),
+    Step("detection-planted", "Planted neurons among a whole real layer",
+         ["benchmarks/detection_planted.py"],
+         ["benchmarks/detection_planted.py", "--docs", "100", "--n-null", "20"],
+         "The test suite's 8 OR and 12 single-concept neurons planted into SmolLM2's layer 6, and the detector run "
+         "over all 1,536 neurons of the layer: where the planted ones rank among the real ones, and what is "
+         "detected."),
 ]
 
 
