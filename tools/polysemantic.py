@@ -78,8 +78,18 @@ def is_polysemantic(verdict: Any, polysemantic: set[tuple[str, int]]) -> bool:
     return (verdict.site, verdict.neuron) in polysemantic
 
 
+def _mode_numbers(verdict: Any) -> dict[str, float]:
+    """Each mode's share of the sampled mass and, where there is a top band, of the top examples."""
+    numbers = {}
+    for i, m in enumerate(verdict.modes, 1):
+        numbers[f"mode {i} share"] = m.share
+        if m.top_share is not None:
+            numbers[f"mode {i} top_share"] = m.top_share
+    return numbers
+
+
 def _mode_text(verdict: Any) -> str:
-    return ", ".join(f"“{m.label}” ({m.share:.0%})" for m in verdict.modes)
+    return ", ".join(f"“{m.label}” ({m.share_text})" for m in verdict.modes)
 
 
 @register("detect_polysemantic", "Find polysemantic neurons in a profiled layer: cluster each neuron's strongest "
@@ -126,8 +136,8 @@ def detect_polysemantic(ctx: ToolContext, args: DetectArgs) -> Detection:
     for rank, v in enumerate(found):
         numbers: dict[str, float] = {"score": v.score, "p_value": v.p_value, "z_score": v.z_score,
                                      "n_modes": v.n_modes, "separation": v.separation, "rank": rank + 1}
+        numbers |= _mode_numbers(v)
         for i, mode in enumerate(v.modes, 1):
-            numbers[f"mode {i} share"] = mode.share
             numbers[f"mode {i} n_examples"] = mode.n_examples
             if mode.probe_similarity is not None:
                 numbers[f"mode {i} probe_similarity"] = mode.probe_similarity
@@ -141,14 +151,14 @@ def detect_polysemantic(ctx: ToolContext, args: DetectArgs) -> Detection:
         if rank < args.top_n:
             verdicts.append(NeuronVerdict(neuron=v.ref, score=round(v.score, 4), p_value=round(v.p_value, 4),
                                           n_modes=v.n_modes, finding_id=fid,
-                                          modes=[f"{fence(m.label, 60)} ({m.share:.0%})" for m in v.modes]))
+                                          modes=[f"{fence(m.label, 60)} ({m.share_text})" for m in v.modes]))
     poly = {(v.site, v.neuron) for v in found}
     for v in det.results:
         if args.neurons and v.neuron in args.neurons and (v.site, v.neuron) not in poly:
             ids.append(ctx.findings.add(
                 kind="neuron_verdict", artifact=artifact, source="detect_polysemantic", neurons=[v.ref],
                 numbers={"score": v.score, "p_value": v.p_value, "z_score": v.z_score, "n_modes": v.n_modes,
-                         "separation": v.separation} | {f"mode {i} share": m.share for i, m in enumerate(v.modes, 1)},
+                         "separation": v.separation} | _mode_numbers(v),
                 claim=f"{v.ref} is not polysemantic by the test (score {v.score:.2f}, p = {v.p_value:.3g}); "
                       f"{v.n_modes} mode(s): {_mode_text(v)}."))
     timings = {k: round(float(t), 3) for k, t in dict(getattr(det, "timings", {}) or {}).items()}
@@ -166,6 +176,8 @@ class DescribeArgs(StrictArgs):
 class ModeView(BaseModel):
     label: str
     share: float
+    share_text: str = Field(description="the share in words (a mode seen only among the top examples gives its "
+                            "share of those)")
     n_examples: int
     top_tokens: list[str]
     probe_concept: str | None
@@ -200,7 +212,8 @@ def describe_neuron(ctx: ToolContext, args: DescribeArgs) -> NeuronModes:
         if verdict is None:
             raise InputError(f"{args.neuron} was not analysed; run detect_polysemantic on its layer first "
                              "(only the most active neurons are analysed)")
-    modes = [ModeView(label=fence(m.label, 80), share=round(m.share, 4), n_examples=m.n_examples,
+    modes = [ModeView(label=fence(m.label, 80), share=round(m.share, 4), share_text=m.share_text,
+                      n_examples=m.n_examples,
                       top_tokens=[fence(t, 40) for t in m.top_tokens[:8]], probe_concept=m.probe_concept,
                       effect=None if m.effect is None else round(m.effect, 4),
                       examples=[f"{fence(e.text)} = {e.value:.3g}" for e in m.examples[:args.n_examples]])

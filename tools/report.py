@@ -107,7 +107,7 @@ def _polysemantic_section(ctx: ToolContext, top_n: int) -> list[str]:
             if m.probe_concept and m.probe_similarity is not None:
                 concept += f" ({m.probe_similarity:.2f})"
             effect = f"{m.effect:.3g}" if m.effect is not None else "–"
-            lines.append(f"| {md_escape(m.label)} | {m.share:.0%} | {m.n_examples} | {tokens} | {concept} | "
+            lines.append(f"| {md_escape(m.label)} | {m.share_text} | {m.n_examples} | {tokens} | {concept} | "
                          f"{effect} |")
         lines.append("")
         for m in v.modes:

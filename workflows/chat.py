@@ -118,7 +118,7 @@ class ChatSession:
                     r = out.result
                     self.say(f"{r.neuron}: score {r.score:.2f}, p = {r.p_value:.3g}, {r.n_modes} modes")
                     for m in r.modes:
-                        self.say(f"  {m.label} ({m.share:.0%}): " + "; ".join(m.examples[:2]))
+                        self.say(f"  {m.label} ({m.share_text}): " + "; ".join(m.examples[:2]))
                     return
             kind = args[1] if len(args) > 1 and name == "/examples" else "top"
             out = call_tool(self.ctx, "neuron_examples", {"neuron": args[0], "kind": kind, "n": 8}, caller="chat")

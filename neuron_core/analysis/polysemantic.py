@@ -546,6 +546,9 @@ class PolysemanticDetector:
             return []
         mode_ids = clustering.modes
         mode_cents = _centroids(X, clustering) if X.shape[0] else np.zeros((1, 1))
+        # the top band: the neuron's strongest contexts from the corpus (not the uniform sample, not probe sentences)
+        top_band = np.array([not ctx.sampled and ctx.doc_id >= 0 for ctx in ctxs])
+        top_mass = np.array([max(ctx.value, 0.0) for ctx in ctxs]) * top_band
         modes = []
         for j, c in enumerate(mode_ids):
             members = [ctx for ctx, lab in zip(ctxs, clustering.labels) if lab == c]
@@ -562,11 +565,14 @@ class PolysemanticDetector:
                     sim = float(sims[best])
             token_label = "/".join(repr(t) for t in top_tokens[:3])
             label = f"{concept} ({token_label})" if concept else f"tokens {token_label}"
-            if probe_ids and c in probe_ids:
+            by_probes = bool(probe_ids and c in probe_ids)
+            if by_probes:
                 label += ", found through the probes"
+            top_share = float(top_mass[clustering.labels == c].sum() / top_mass.sum()) if top_mass.sum() > 0 else None
             modes.append(Mode(label=label, share=round(min(1.0, clustering.shares.get(c, 1.0)), 6),
-                              n_examples=len(members), top_tokens=top_tokens, probe_concept=concept,
-                              probe_similarity=sim,
+                              top_share=None if top_share is None else round(min(1.0, top_share), 6),
+                              found_by_probes=by_probes, n_examples=len(members), top_tokens=top_tokens,
+                              probe_concept=concept, probe_similarity=sim,
                               examples=[ModeExample(text=m.marked(), token=m.token, value=m.value, doc_id=m.doc_id,
                                                     position=m.position) for m in members[:5]]))
         modes.sort(key=lambda m: -m.share)
@@ -577,7 +583,7 @@ class PolysemanticDetector:
         if len(modes) < 2:
             what = modes[0].label if modes else f"too few strong contexts ({n_ctx})"
             return f"{ref}: one mode ({what}); score {score:.2f}"
-        parts = ", ".join(f"{m.probe_concept or m.label} ({m.share:.0%})" for m in modes)
+        parts = ", ".join(f"{m.probe_concept or m.label} ({m.share_text})" for m in modes)
         return f"{ref}: {len(modes)} modes: {parts}; score {score:.2f}, p={p_value:.3f}"
 
     def _is_detected(self, r: PolysemanticNeuron) -> bool:

@@ -25,7 +25,13 @@ class Mode(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     label: str = Field(description="a short name: the best matching probe concept, else the top tokens")
-    share: float = Field(ge=0.0, le=1.0, description="share of the neuron's activation mass in this mode")
+    share: float = Field(ge=0.0, le=1.0, description="share of the neuron's activation mass in this mode (estimated "
+                         "from a uniform sample of its active tokens)")
+    top_share: float | None = Field(default=None, ge=0.0, le=1.0, description="share of the activation of the "
+                                    "neuron's top examples in this mode: a mode can hold many of the strongest "
+                                    "examples and little of the mass; None when there is no top band")
+    found_by_probes: bool = Field(default=False, description="the corpus barely shows this mode: it was found "
+                                  "through the neuron's response to a probe concept's held-out sentences")
     n_examples: int
     top_tokens: list[str] = Field(default_factory=list)
     probe_concept: str | None = Field(default=None, description="best matching probe concept, if any matched")
@@ -34,6 +40,16 @@ class Mode(BaseModel):
     effect: float | None = Field(
         default=None, description="mean increase of the model's loss on this mode's contexts when the neuron is "
         "zero-ablated (nats per token); None when not measured")
+
+    @property
+    def share_text(self) -> str:
+        """How much of the neuron the mode is, in words: '35%', '<1% of the mass, 20% of the top examples' (a mode
+        seen among the top examples only) or 'found through the probes'."""
+        if self.found_by_probes:
+            return "found through the probes"
+        if self.share < 0.005 and self.top_share:
+            return f"<1% of the mass, {self.top_share:.0%} of the top examples"
+        return f"{self.share:.0%}"
 
 
 class PolysemanticNeuron(BaseModel):

@@ -243,8 +243,10 @@ def _verdict_view(verdict: Any, scale: float) -> dict[str, Any]:
                 "after": strip_text(after[:50]) if after else "",
                 "value": f"{value:.3g}" if value is not None else "",
                 "style": activation_style(value, scale), "tip": tip})
+        words = getattr(mode, "share_text", None)  # a mode seen only among the top examples says so
         modes.append({"label": str(getattr(mode, "label", f"mode {k}")),
-                      "share_text": f"{share:.0%} of activation mass",
+                      "share_text": words if isinstance(words, str) and not words.endswith("%")
+                      else f"{share:.0%} of activation mass",
                       "share_pct": f"{100 * min(max(share, 0.0), 1.0):.1f}", "color": MODE_COLORS[k % 10],
                       "facts": " · ".join(facts),
                       "top_tokens": [{"text": strip_text(str(t)), "tip": repr(str(t))}

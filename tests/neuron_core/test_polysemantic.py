@@ -204,3 +204,31 @@ def test_clustering_equals_sklearn_fit_per_k():
         assert abs(got.silhouette - best_sil) < 1e-5
         chosen_ks.append(len(got.modes))
     assert 1 in chosen_ks and len(set(chosen_ks)) >= 3  # the cases exercise k = 1 and several k > 1
+
+
+def test_mode_shares_of_mass_and_of_the_top_band(seed_record):
+    """A mode seen only among the top examples has no share of the sampled mass: the verdict gives its share of the
+    top band instead of a bare 0%, and a mode found through the probes says so."""
+    from neuron_core.analysis.contexts import Context
+    from neuron_core.analysis.polysemantic import _Clustering
+
+    det = PolysemanticDetector(seed_record)
+    sampled = [Context("a b", 0, 1, 1.0, d, 1, "a", sampled=True) for d in range(4)]
+    top_a = [Context("c d", 0, 1, 4.0, 10 + d, 1, "c") for d in range(2)]
+    top_b = [Context("e f", 0, 1, 2.0, 20 + d, 1, "e") for d in range(3)]
+    probe = [Context("g h", 0, 1, 5.0, -1, -1, "g") for _ in range(2)]
+    ctxs = sampled + top_a + top_b + probe
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 2)
+    clustering = _Clustering(labels, [0, 1, 2], 0.3, {0: 1.0, 1: 0.0, 2: 0.0}, {0: 1.0, 1: 0.4, 2: 0.25})
+    X = np.random.default_rng(0).normal(size=(len(ctxs), 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    modes = det._modes(ctxs, X, clustering, [], np.zeros((0, 8)), probe_ids={2})
+    by_token = {m.top_tokens[0]: m for m in modes}
+    top_total = 2 * 4.0 + 3 * 2.0  # the top band: corpus contexts outside the uniform sample
+    assert by_token["a"].share == 1.0 and by_token["a"].top_share == pytest.approx(8.0 / top_total)
+    assert by_token["e"].share == 0.0 and by_token["e"].top_share == pytest.approx(6.0 / top_total)
+    assert by_token["g"].found_by_probes and by_token["g"].top_share == 0.0
+    assert not by_token["a"].found_by_probes and not by_token["e"].found_by_probes
+    summary = det._summary("L6/N1", modes, 0.5, 0.01, len(ctxs))
+    assert "(100%)" in summary and "(<1% of the mass, 43% of the top examples)" in summary
+    assert "(found through the probes)" in summary and "(0%)" not in summary
