@@ -43,12 +43,13 @@ class Mode(BaseModel):
 
     @property
     def share_text(self) -> str:
-        """How much of the neuron the mode is, in words: '35%', '<1% of the mass, 20% of the top examples' (a mode
-        seen among the top examples only) or 'found through the probes'."""
+        """How much of the neuron the mode is, in words: '35%', '0% of the mass, 20% of the top examples' (a mode
+        seen among the top examples only) or 'found through the probes'. Every number in it is a field of the
+        mode, at the precision written (the report's claim checker compares them)."""
         if self.found_by_probes:
             return "found through the probes"
         if self.share < 0.005 and self.top_share:
-            return f"<1% of the mass, {self.top_share:.0%} of the top examples"
+            return f"{self.share:.0%} of the mass, {self.top_share:.0%} of the top examples"
         return f"{self.share:.0%}"
 
 

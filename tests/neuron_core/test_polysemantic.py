@@ -230,5 +230,5 @@ def test_mode_shares_of_mass_and_of_the_top_band(seed_record):
     assert by_token["g"].found_by_probes and by_token["g"].top_share == 0.0
     assert not by_token["a"].found_by_probes and not by_token["e"].found_by_probes
     summary = det._summary("L6/N1", modes, 0.5, 0.01, len(ctxs))
-    assert "(100%)" in summary and "(<1% of the mass, 43% of the top examples)" in summary
+    assert "(100%)" in summary and "(0% of the mass, 43% of the top examples)" in summary
     assert "(found through the probes)" in summary and "(0%)" not in summary

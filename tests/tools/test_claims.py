@@ -74,3 +74,31 @@ def test_remove_sentences_keeps_the_rest():
     assert removed == ["It scores 0.99 too."]
     assert "0.99" not in clean and "0.81" in clean and "1072" in clean
     assert split_sentences("A 0.5 b. C d!") == ["A 0.5 b.", "C d!"]
+
+
+def test_mode_shares_in_words_pass_the_check():
+    """A verdict whose modes include one seen only among the top examples and one found through the probes: the
+    detector tool's claim and numbers, quoted into a narrative the way the scripted writer does, pass the check."""
+    from agents.scripted import mode_list
+    from neuron_core.analysis import PolysemanticNeuron
+    from neuron_core.analysis.types import Mode
+    from tools.polysemantic import _mode_numbers, _mode_text
+
+    modes = [Mode(label="tokens 'bill'/'to'", share=0.713, top_share=0.52, n_examples=30),
+             Mode(label="french_words ('le')", share=0.287, top_share=0.22, n_examples=12),
+             Mode(label="tokens 'CH'/'al'", share=0.0, top_share=0.26, n_examples=4),
+             Mode(label="urls ('http'), found through the probes", share=0.0, top_share=0.0, n_examples=6,
+                  found_by_probes=True)]
+    verdict = PolysemanticNeuron(site="blocks.6.mlp.hook_post", neuron=1378, score=0.75, p_value=0.005, z_score=9.1,
+                                 n_modes=4, separation=0.8, modes=modes, summary="")
+    finding = Finding(id="F010", kind="polysemantic", artifact="tables/polysemantic.parquet",
+                      source="detect_polysemantic", neurons=[verdict.ref],
+                      claim=f"{verdict.ref} is polysemantic (score 0.75, p = 0.005) with 4 modes: "
+                            f"{_mode_text(verdict)}.",
+                      numbers={"score": 0.75, "p_value": 0.005, "n_modes": 4} | _mode_numbers(verdict))
+    assert "(0% of the mass, 26% of the top examples)" in finding.claim and "(found through the probes)" in finding.claim
+    text = f"{verdict.ref} (score 0.75, p = 0.005) has 4 modes: {mode_list(finding)} [F010]."
+    check = check_claims(text, [finding])
+    assert check.ok, check.feedback()
+    wrong = text.replace("26% of the top", "36% of the top")
+    assert not check_claims(wrong, [finding]).ok
