@@ -80,7 +80,7 @@ def is_polysemantic(verdict: Any, polysemantic: set[tuple[str, int]]) -> bool:
 
 def _mode_numbers(verdict: Any) -> dict[str, float]:
     """Each mode's share of the sampled mass and, where there is a top band, of the top examples."""
-    numbers = {}
+    numbers: dict[str, float] = {}
     for i, m in enumerate(verdict.modes, 1):
         numbers[f"mode {i} share"] = m.share
         if m.top_share is not None:
