@@ -20,8 +20,13 @@ Method, per neuron:
    strongest mode's), scaled so two equal modes give 1; the separation term maps the mean cosine distance between
    mode centroids from [``sep_lo``, ``sep_hi``] to [0, 1]; the quality term maps the silhouette from
    [0, ``silhouette_hi``] to [0, 1]; one mode scores 0;
-5. null: the same procedure on ``n_null`` random sets of contexts drawn from all analysed neurons' contexts; the
-   p-value is the share of null scores at least as high (with the +1 correction), the z-score is against their mean;
+5. null: the same procedure on ``n_null`` random sets of contexts from the analysed sites' tokens, *as many as the
+   neuron has* (random sets of 12 contexts split into modes far more often than sets of 40: a p-value against a
+   mix of sizes is too small for neurons with few contexts and too large for neurons with many), each set with the
+   activation values of one of ``null_value_neurons`` neurons drawn at random from the sites' firing neurons (so a
+   neuron's p-value does not depend on which other neurons are analysed); the p-value is the share of null scores
+   at least as high (with the +1 correction), the z-score is against their mean and spread. Sizes are rounded down
+   to a grid (every size up to 20, then steps of about a tenth), which errs towards larger p-values;
 6. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
    tokens; modes named after the same concept are merged before scoring (``merge_same_concept``);
 7. for detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
@@ -88,12 +93,16 @@ class DetectorConfig:
     """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
     """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
     n_null: int = 200
+    """Random context sets per set size (see :func:`null_size`)."""
     alpha: float = 0.05
     """detect() keeps neurons with p-value below alpha ..."""
     min_score: float = 0.25
     """... and score at least this."""
     probe_min_similarity: float = 0.40
     null_pool: int = 600
+    null_value_neurons: int = 64
+    """Neurons (drawn at random from the analysed sites' firing neurons) whose strong contexts' activation values
+    the null sets take."""
     """Random contexts per site the null sets are drawn from (uniform over the site's tokens)."""
     ablation: bool = True
     """Measure each mode's loss change under zero-ablation (causal LMs, for detected neurons only)."""
@@ -105,6 +114,18 @@ class DetectorConfig:
     min_position: int = 1
     """Leave out tokens before this position: a decoder's first token is an attention sink whose huge activations
     say nothing about meaning (0 keeps every position)."""
+
+
+def null_size(n_contexts: int, min_contexts: int) -> int:
+    """The size of the random context sets a neuron with ``n_contexts`` contexts is compared with: the largest
+    grid size not above it. The grid holds every size from ``min_contexts`` to 19, then steps of about a tenth
+    (20, 22, ..., 28, 30, 33, ..., 39, 42, 46, 50, ...). Random sets split into modes less often the larger they
+    are, so rounding down errs towards larger p-values."""
+    size = grid = min_contexts
+    while grid <= n_contexts:
+        size = grid
+        grid += max(1, grid // 10)
+    return size
 
 
 def neuron_ref(site: str, neuron: int) -> str:
@@ -444,16 +465,19 @@ class PolysemanticDetector:
             self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
             before=cfg.window_before, after=cfg.window_after)]
         null_X = self.embedder.embed(null_pool) if null_pool else np.zeros((0, 1), np.float32)
-        null = self._null_scores(null_X, null_pool, [len(g[2]) for g in usable],
-                                 np.array([c.value for g in usable for c in g[2]]), concept_cents)
+        n_contexts = {(site, neuron): len(ctxs) for site, neuron, ctxs in gathered}  # before any probe modes
+        value_sets = self._null_values() or [np.array([c.value for c in g[2]]) for g in usable]
+        nulls = self._null_scores(null_X, null_pool, {null_size(len(g[2]), cfg.min_contexts) for g in usable},
+                                  value_sets, concept_cents)
         self.timings["null"] = time.perf_counter() - t0
 
-        mu, sd = float(null.mean()) if null.size else 0.0, float(null.std()) if null.size else 0.0
         results = []
         for site, neuron, ctxs, X, clustering, score, separation in per_neuron:
+            null = nulls.get(null_size(n_contexts[(site, neuron)], cfg.min_contexts), np.zeros(0))
             p_value = float((1 + (null >= score - 1e-12).sum()) / (1 + null.size)) if null.size else 1.0
             if len(clustering.modes) < 2:
                 p_value = 1.0
+            mu, sd = (float(null.mean()), float(null.std())) if null.size else (0.0, 0.0)
             z = (score - mu) / max(sd, 1e-6)
             probe_ids = {c for (s_, n_, c) in self._probe_found if s_ == site and n_ == neuron}
             modes = self._modes(ctxs, X, clustering, names, cents, probe_ids)
@@ -522,22 +546,45 @@ class PolysemanticDetector:
             merged.silhouette = float(silhouette_score(X2[keep], labels2[keep], metric="cosine"))
         return ctxs + new_ctx, X2, values2, merged
 
-    def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: list[int],
-                     values: np.ndarray, concept_cents: np.ndarray | None) -> np.ndarray:
-        """Scores of random context sets (sizes and activation values as the analysed neurons', contexts random)."""
+    def _null_values(self) -> list[np.ndarray]:
+        """The activation values of the strong contexts of ``null_value_neurons`` neurons drawn at random (seeded)
+        from every firing neuron of the analysed sites: the same whichever neurons are analysed."""
         cfg = self.config
-        if not sizes or len(pool) < cfg.min_contexts or cfg.n_null <= 0 or values.size == 0:
-            return np.zeros(0)
-        rng = np.random.default_rng(self.seed)
-        out = np.empty(cfg.n_null)
-        for i in range(cfg.n_null):
-            m = int(rng.choice(sizes))
-            m = min(m, len(pool))
-            idx = rng.choice(len(pool), size=m, replace=False)
-            vals = rng.choice(values, size=m)  # activation values unrelated to the contexts
-            clustering = _merge_same_concept(pool_X[idx], _cluster(pool_X[idx], vals, np.ones(m), cfg),
-                                             concept_cents, cfg.probe_min_similarity)
-            out[i] = _score(pool_X[idx], clustering, cfg, vals)[0]
+        rng = np.random.default_rng([self.seed, 1])
+        per_site = max(1, cfg.null_value_neurons // max(1, len(self.sites)))
+        out = []
+        for site in self.sites:
+            peak = self._acts_max(site)
+            live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().numpy()
+            for neuron in np.sort(rng.choice(live, size=min(per_site, live.size), replace=False)):
+                values = np.array([c.value for c in self._contexts(site, int(neuron))])
+                if values.size >= cfg.min_contexts:
+                    out.append(values)
+        return out
+
+    def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: set[int], value_sets: list[np.ndarray],
+                     concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
+        """Per set size: the scores of ``n_null`` random context sets of that size, each with the activation values
+        of one analysed neuron (drawn at random, unrelated to the contexts). The draws for a size depend only on the
+        seed and the size, not on which other sizes are asked for."""
+        cfg = self.config
+        value_sets = [v for v in value_sets if v.size]
+        if len(pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
+            return {}
+        out: dict[int, np.ndarray] = {}
+        for size in sorted(sizes):
+            m = min(size, len(pool))
+            rng = np.random.default_rng([self.seed, size])
+            scores = np.empty(cfg.n_null)
+            for i in range(cfg.n_null):
+                idx = rng.choice(len(pool), size=m, replace=False)
+                own = value_sets[int(rng.integers(len(value_sets)))]
+                vals = rng.choice(own, size=m, replace=own.size < m)
+                X = pool_X[idx]
+                clustering = _merge_same_concept(X, _cluster(X, vals, np.ones(m), cfg), concept_cents,
+                                                 cfg.probe_min_similarity)
+                scores[i] = _score(X, clustering, cfg, vals)[0]
+            out[size] = scores
         return out
 
     def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: _Clustering, names: list[str],

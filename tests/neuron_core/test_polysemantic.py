@@ -232,3 +232,27 @@ def test_mode_shares_of_mass_and_of_the_top_band(seed_record):
     summary = det._summary("L6/N1", modes, 0.5, 0.01, len(ctxs))
     assert "(100%)" in summary and "(0% of the mass, 43% of the top examples)" in summary
     assert "(found through the probes)" in summary and "(0%)" not in summary
+
+
+def test_p_value_does_not_depend_on_the_other_neurons_analysed(planted):
+    """The null is drawn per set size, with activation values from neurons picked at random from the whole site:
+    a neuron's p-value is the same whether it is analysed alone, with the planted set, or with the layer."""
+    truth, prof, det = planted
+    alone = PolysemanticDetector(prof, interface=det.interface, neurons=truth.or_neurons[:3],
+                                 config=DetectorConfig(ablation=False))
+    with_all = {r.neuron: r for r in det.results}
+    for r in alone.results:
+        assert r.p_value == with_all[r.neuron].p_value and r.score == with_all[r.neuron].score
+        assert r.z_score == pytest.approx(with_all[r.neuron].z_score)
+
+
+def test_null_size_grid():
+    from neuron_core.analysis.polysemantic import null_size
+
+    sizes = [null_size(m, 6) for m in range(6, 200)]
+    assert all(6 <= s <= m for s, m in zip(sizes, range(6, 200)))  # never above the neuron's own size
+    assert sizes == sorted(sizes)
+    assert [null_size(m, 6) for m in range(6, 21)] == list(range(6, 21))  # every size up to 20
+    grid = sorted(set(sizes))
+    assert all(b - a <= max(1, a // 10) for a, b in zip(grid, grid[1:]))  # then steps of about a tenth
+    assert len(grid) < 45
