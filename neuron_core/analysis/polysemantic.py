@@ -79,6 +79,7 @@ class DetectorConfig:
     sep_lo: float = 0.55
     sep_hi: float = 0.85
     merge_distance: float = 0.6
+    """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
     strength_power: float = 4.0
     """Modes weigh share x strength**strength_power (strength: the mode's peak over the strongest mode's)."""
     merge_same_concept: bool = True
@@ -91,7 +92,6 @@ class DetectorConfig:
     probe_mode_auc: float = 0.85
     probe_mode_weight: float = 0.25
     """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
-    """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
     n_null: int = 200
     """Random context sets per set size (see :func:`null_size`)."""
     alpha: float = 0.05
@@ -100,10 +100,10 @@ class DetectorConfig:
     """... and score at least this."""
     probe_min_similarity: float = 0.40
     null_pool: int = 600
+    """Random contexts per site the null sets are drawn from (uniform over the site's tokens)."""
     null_value_neurons: int = 64
     """Neurons (drawn at random from the analysed sites' firing neurons) whose strong contexts' activation values
     the null sets take."""
-    """Random contexts per site the null sets are drawn from (uniform over the site's tokens)."""
     ablation: bool = True
     """Measure each mode's loss change under zero-ablation (causal LMs, for detected neurons only)."""
     ablation_contexts: int = 8
@@ -555,7 +555,7 @@ class PolysemanticDetector:
         out = []
         for site in self.sites:
             peak = self._acts_max(site)
-            live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().numpy()
+            live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().cpu().numpy()
             for neuron in np.sort(rng.choice(live, size=min(per_site, live.size), replace=False)):
                 values = np.array([c.value for c in self._contexts(site, int(neuron))])
                 if values.size >= cfg.min_contexts:
@@ -565,8 +565,8 @@ class PolysemanticDetector:
     def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: set[int], value_sets: list[np.ndarray],
                      concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
         """Per set size: the scores of ``n_null`` random context sets of that size, each with the activation values
-        of one analysed neuron (drawn at random, unrelated to the contexts). The draws for a size depend only on the
-        seed and the size, not on which other sizes are asked for."""
+        of one of ``value_sets`` (drawn at random, unrelated to the contexts). The draws for a size depend only on
+        the seed and the size, not on which other sizes are asked for."""
         cfg = self.config
         value_sets = [v for v in value_sets if v.size]
         if len(pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
