@@ -98,7 +98,7 @@ def _tree_state() -> str:
     """The commit the benchmarks ran at, and whether tracked files differed from it (the numbers then belong to
     that working tree, not to the commit alone)."""
     def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=HERE.parent, capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from neuron_core._statbits import _INT32_MIN, _LOW_BITS, _bin_offset, _token_hash
+from neuron_core._statbits import _INT32_MIN, _LOW_BITS, _bin_offset, _tie_broken, _token_hash
 
 if TYPE_CHECKING:
     from neuron_core.stats import SiteStats
@@ -98,7 +98,7 @@ def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, b
     flat = torch.where(finite, z, size).reshape(-1)
     ones = torch.ones(1, dtype=torch.int32, device=vt.device).expand(flat.numel())
     counts = torch.zeros(size + 1, dtype=torch.int32, device=vt.device).index_add_(0, flat, ones)
-    keys = (vn.double().view(torch.int64) | hbits[None, :]).view(torch.float64)  # tie-broken (NaN stays NaN)
+    keys = _tie_broken(vn.double(), hbits[None, :], finite=True)  # NaN stays NaN
     high = torch.where(finite, keys, -math.inf)
     low = torch.where(finite, -keys, -math.inf) if want_low else None  # key of -value = -(key of value)
     skeys = torch.where(active, neg_hash[None, :], _INT32_MIN) if want_sample else None
@@ -123,7 +123,7 @@ def _candidate_keys(vt: torch.Tensor, tok: torch.Tensor, hbits: torch.Tensor, ne
     ok = inside & torch.isfinite(v)
     if kind == "sample":
         return torch.where(ok & (v > threshold), neg_hash[t], _INT32_MIN)
-    keys = (v.double().view(torch.int64) | hbits[t]).view(torch.float64)
+    keys = _tie_broken(v.double(), hbits[t], finite=True)  # left-out entries are masked below
     return torch.where(ok, keys if kind == "top" else -keys, -math.inf)
 
 

@@ -465,15 +465,15 @@ class PolysemanticDetector:
             self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
             before=cfg.window_before, after=cfg.window_after)]
         null_X = self.embedder.embed(null_pool) if null_pool else np.zeros((0, 1), np.float32)
-        n_contexts = {(site, neuron): len(ctxs) for site, neuron, ctxs in gathered}  # before any probe modes
-        value_sets = self._null_values() or [np.array([c.value for c in g[2]]) for g in usable]
+        known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before any probe modes
+        value_sets = self._null_values(known) or [np.array([c.value for c in g[2]]) for g in usable]
         nulls = self._null_scores(null_X, null_pool, {null_size(len(g[2]), cfg.min_contexts) for g in usable},
                                   value_sets, concept_cents)
         self.timings["null"] = time.perf_counter() - t0
 
         results = []
         for site, neuron, ctxs, X, clustering, score, separation in per_neuron:
-            null = nulls.get(null_size(n_contexts[(site, neuron)], cfg.min_contexts), np.zeros(0))
+            null = nulls.get(null_size(len(known[(site, neuron)]), cfg.min_contexts), np.zeros(0))
             p_value = float((1 + (null >= score - 1e-12).sum()) / (1 + null.size)) if null.size else 1.0
             if len(clustering.modes) < 2:
                 p_value = 1.0
@@ -546,9 +546,10 @@ class PolysemanticDetector:
             merged.silhouette = float(silhouette_score(X2[keep], labels2[keep], metric="cosine"))
         return ctxs + new_ctx, X2, values2, merged
 
-    def _null_values(self) -> list[np.ndarray]:
+    def _null_values(self, known: dict[tuple[str, int], list[Context]]) -> list[np.ndarray]:
         """The activation values of the strong contexts of ``null_value_neurons`` neurons drawn at random (seeded)
-        from every firing neuron of the analysed sites: the same whichever neurons are analysed."""
+        from every firing neuron of the analysed sites: the same whichever neurons are analysed. ``known``: contexts
+        already gathered (the analysed neurons'), reused."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, 1])
         per_site = max(1, cfg.null_value_neurons // max(1, len(self.sites)))
@@ -557,7 +558,8 @@ class PolysemanticDetector:
             peak = self._acts_max(site)
             live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().cpu().numpy()
             for neuron in np.sort(rng.choice(live, size=min(per_site, live.size), replace=False)):
-                values = np.array([c.value for c in self._contexts(site, int(neuron))])
+                ctxs = known.get((site, int(neuron)))
+                values = np.array([c.value for c in (ctxs if ctxs is not None else self._contexts(site, int(neuron)))])
                 if values.size >= cfg.min_contexts:
                     out.append(values)
         return out
