@@ -1,6 +1,9 @@
 """Polysemantic detection over one full layer of SmolLM2 (1,536 neurons) on the built-in corpus, split by stage.
 
-    python benchmarks/detection_timing.py [--layer 6] [--max-tokens 30000] [--embedder minilm]
+    python benchmarks/detection_timing.py [--layer 6] [--max-tokens 30000] [--embedder auto] [--baseline minilm]
+
+``--baseline`` runs the detector a second time in the same process with that embedder (a fresh cache) and prints
+the time ratio: the default (the subject model's reading plus MiniLM's window view) against MiniLM alone.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=30_000)
-    parser.add_argument("--embedder", default="minilm", choices=["minilm", "hidden"])
+    parser.add_argument("--embedder", default="auto", choices=["auto", "subject", "minilm", "hidden"])
+    parser.add_argument("--baseline", default="minilm", choices=["none", "subject", "minilm", "hidden"])
     args = parser.parse_args()
     start = time.perf_counter()
     interface = ModelInterface.from_pretrained("smollm2-135m", device="cpu")
@@ -40,6 +44,14 @@ def main() -> None:
     print(f"| detect: total | {detect_s:.1f} |")
     for n in found[:10]:
         print(" ", n.summary)
+    if args.baseline != "none":
+        start = time.perf_counter()
+        base = PolysemanticDetector(prof, interface=interface, embedder=args.baseline, config=DetectorConfig())
+        n_base = len(base.detect())
+        base_s = time.perf_counter() - start
+        print("\n| run | embedder | detected | detect seconds | ratio |\n|---|---|---:|---:|---:|")
+        print(f"| baseline | {args.baseline} | {n_base} | {base_s:.1f} | 1.00 |")
+        print(f"| default | {args.embedder} | {len(found)} | {detect_s:.1f} | {detect_s / base_s:.2f} |")
 
 
 if __name__ == "__main__":

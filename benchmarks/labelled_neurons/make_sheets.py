@@ -17,7 +17,6 @@ strong contexts (fewer can not show a second concept; the detector gives them on
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -27,7 +26,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from labelled_neurons.common import (  # noqa: E402
-    DEV_LAYERS, HELDOUT_LAYERS, KeyRow, load_profile, read_key, strong_contexts, write_key,
+    DEV_LAYERS,
+    HELDOUT_LAYERS,
+    KeyRow,
+    load_profile,
+    read_key,
+    strong_contexts,
+    write_key,
 )
 
 N_TOP, N_RANDOM = 20, 10

@@ -44,6 +44,27 @@ class Context:
     def key(self) -> tuple[int, int]:
         return (self.doc_id, self.position)
 
+    @property
+    def word_span(self) -> tuple[int, int]:
+        """The character span of the whole word the token belongs to: a sub-word piece ('ting' of 'knitting')
+        grows to its word; a token that is not part of a word (punctuation, a space) keeps its own span."""
+        text, start, end = self.text, self.start, self.end
+        while start < end and text[start].isspace():
+            start += 1
+        if start == end or not any(ch.isalnum() for ch in text[start:end]):
+            return self.start, self.end
+        while start > 0 and text[start].isalnum() and text[start - 1].isalnum():
+            start -= 1
+        while end < len(text) and text[end - 1].isalnum() and text[end].isalnum():
+            end += 1
+        return start, end
+
+    @property
+    def word(self) -> str:
+        """The whole word the token belongs to (see :attr:`word_span`)."""
+        start, end = self.word_span
+        return self.text[start:end]
+
     def marked(self) -> str:
         return f"{self.text[:self.start]}[[{self.text[self.start:self.end]}]]{self.text[self.end:]}"
 

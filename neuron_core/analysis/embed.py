@@ -4,24 +4,26 @@ Usage::
 
     emb = MiniLMEmbedder()                      # bundled all-MiniLM-L6-v2, offline
     X = emb.embed(contexts)                     # [m, 384] float32, rows L2-normalised
-    emb = HiddenStateEmbedder(interface, layer=6)   # the subject model's own residual stream at the token
+    emb = SubjectEmbedder(interface); emb.fit(random_contexts)   # the subject model's own reading (the default)
+    word, window = emb.embed_views(contexts)    # the token as the model reads it; the window without the word
+    emb = HiddenStateEmbedder(interface, layer=6)   # one layer's residual stream at the token
 
-Both embed the *token in its context*: MiniLM mixes the contextual vectors of the word pieces covering the
-activating token (weight ``token_weight``) with the mean of the window, so a mode is "what the token is", coloured by
-where it stands. Results are cached per (text, span), so contexts shared by many neurons are embedded once.
+Each embeds the *token in its context*. MiniLM mixes the contextual vectors of the whole word the token belongs to
+(weight ``token_weight``) with the rest of the window; the subject model reads the token with everything before it.
+Results are cached per (text, span), so contexts shared by many neurons are embedded once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from neuron_core.analysis.contexts import Context
 
-__all__ = ["Embedder", "MiniLMEmbedder", "HiddenStateEmbedder", "make_embedder"]
+__all__ = ["Embedder", "MiniLMEmbedder", "SubjectEmbedder", "HiddenStateEmbedder", "make_embedder"]
 
 
 class Embedder(Protocol):
@@ -38,6 +40,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 
 class _Cached:
+    """Embeds each distinct (text, span) once. ``_compute`` returns [B, d] or [B, views, d]; ``_combine`` turns a
+    cached row into the one vector :meth:`embed` returns."""
+
     name = "cached"
 
     def __init__(self, batch_size: int) -> None:
@@ -48,7 +53,10 @@ class _Cached:
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
         raise NotImplementedError
 
-    def embed(self, contexts: Sequence[Context]) -> np.ndarray:
+    def _combine(self, rows: np.ndarray) -> np.ndarray:
+        return rows
+
+    def _rows(self, contexts: Sequence[Context]) -> np.ndarray:
         keys = [(c.text, c.start, c.end) for c in contexts]
         missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if missing:
@@ -62,13 +70,20 @@ class _Cached:
                 for ctx, vec in zip(chunk, vecs):
                     self._cache[(ctx.text, ctx.start, ctx.end)] = vec
                 self.n_computed += len(chunk)
-        if not keys:
-            return np.zeros((0, 1), dtype=np.float32)
         return np.stack([self._cache[k] for k in keys])
+
+    def embed(self, contexts: Sequence[Context]) -> np.ndarray:
+        if not contexts:
+            return np.zeros((0, 1), dtype=np.float32)
+        return self._combine(self._rows(contexts))
 
 
 class MiniLMEmbedder(_Cached):
-    """all-MiniLM-L6-v2 (bundled): token-in-context vectors mixed with the window's mean, L2-normalised."""
+    """all-MiniLM-L6-v2 (bundled): the whole word the token belongs to, in its window, mixed with the rest of the
+    window (``token_weight`` : 1 - ``token_weight``), L2-normalised.
+
+    The word, not the token: the pieces of one word ('knit' + 'ting') land where the word does. The two views stay
+    apart in :meth:`embed_views`, for the detector's merge rules (same word, same setting)."""
 
     name = "minilm"
 
@@ -79,6 +94,14 @@ class MiniLMEmbedder(_Cached):
         self.lm = load_model("minilm", device=device)
         self.token_weight = token_weight
 
+    def embed_views(self, contexts: Sequence[Context]) -> tuple[np.ndarray, np.ndarray]:
+        """(word, window): each [len(contexts), d], rows L2-normalised. The window view leaves the word out."""
+        rows = self._rows(contexts)  # [m, 2, d]
+        return rows[:, 0], rows[:, 1]
+
+    def _combine(self, rows: np.ndarray) -> np.ndarray:
+        return _normalise(self.token_weight * rows[:, 0] + (1 - self.token_weight) * rows[:, 1])
+
     @torch.no_grad()
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
         tok = self.lm.tokenizer
@@ -88,18 +111,20 @@ class MiniLMEmbedder(_Cached):
         enc = {k: v.to(self.lm.device) for k, v in enc.items()}
         hidden = self.lm.model(**enc).last_hidden_state.float().cpu()  # [B, T, d]
         mask = enc["attention_mask"].cpu().bool()  # [B, T]
-        starts = torch.tensor([c.start for c in contexts])[:, None]
-        ends = torch.tensor([c.end for c in contexts])[:, None]
-        # word pieces overlapping the activating token's characters (special tokens have empty offsets)
+        spans = [c.word_span for c in contexts]
+        starts = torch.tensor([a for a, _ in spans])[:, None]
+        ends = torch.tensor([b for _, b in spans])[:, None]
+        # word pieces overlapping the word's characters (special tokens have empty offsets)
         nonempty = offsets[..., 1] > offsets[..., 0]
         span = mask & nonempty & (offsets[..., 0] < ends) & (offsets[..., 1] > starts)  # [B, T]
         empty_span = ~span.any(1)
         span[empty_span] = mask[empty_span]  # a token MiniLM cannot see (e.g. a space): fall back to the window
-        tok_vec = (hidden * span[..., None]).sum(1) / span.sum(1, keepdim=True)  # [B, d]
-        mean_vec = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # [B, d]
-        tok_n = _normalise(tok_vec.numpy())
-        mean_n = _normalise(mean_vec.numpy())
-        return _normalise(self.token_weight * tok_n + (1 - self.token_weight) * mean_n)
+        rest = mask & nonempty & ~span  # [B, T]: the window without the word
+        empty_rest = ~rest.any(1)
+        rest[empty_rest] = mask[empty_rest]
+        word_vec = (hidden * span[..., None]).sum(1) / span.sum(1, keepdim=True)  # [B, d]
+        rest_vec = (hidden * rest[..., None]).sum(1) / rest.sum(1, keepdim=True)  # [B, d]
+        return np.stack([_normalise(word_vec.numpy()), _normalise(rest_vec.numpy())], axis=1)  # [B, 2, d]
 
 
 class HiddenStateEmbedder(_Cached):
@@ -119,20 +144,12 @@ class HiddenStateEmbedder(_Cached):
         self.block = f"{resolver.blocks_path}.{self.layer}"
         self._center: torch.Tensor | None = None
 
-    def _ids(self, ctx: Context) -> tuple[list[int], int]:
-        if ctx.ids and ctx.index >= 0:
-            return list(ctx.ids), ctx.index
-        enc = self.interface.tokenizer(ctx.text, return_offsets_mapping=True, add_special_tokens=False)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        cover = [i for i, (a, b) in enumerate(offsets) if a < ctx.end and b > ctx.start]
-        return list(ids), (cover[-1] if cover else len(ids) - 1)
-
     @torch.no_grad()
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
         from neuron_core.batching import Segment, make_batches, pad_token_id
         from neuron_core.capture import StopForward, run_forward
 
-        pairs = [self._ids(c) for c in contexts]
+        pairs = [_subject_ids(self.interface, c) for c in contexts]
         segs = [Segment(i, 0, tuple(ids)) for i, (ids, _) in enumerate(pairs)]
         batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(self.interface.tokenizer)))
         batch = batch.to(self.interface.device)
@@ -158,13 +175,122 @@ class HiddenStateEmbedder(_Cached):
         return _normalise((vecs - self._center).numpy())
 
 
+class SubjectEmbedder(_Cached):
+    """The subject model's own reading of each token: its residual stream at the token, at ``depths`` of the way
+    through the model (SmolLM2-135M: after blocks 5 and 8 of 30), each layer standardised per dimension against
+    random contexts (:meth:`fit`) and the layers concatenated, L2-normalised. The window view comes from MiniLM.
+    ``below``: the analysed neurons' layer; the reading is taken before it (at most after block ``below - 1``), so a
+    neuron's own output, written into later layers, does not make its contexts look alike.
+
+    Why: what the model itself treats as alike (a word family, a token family, one role) is what a neuron can
+    respond to; MiniLM's token vectors are dominated by the token's identity. On the real-neuron benchmark
+    (``benchmarks/labelled_neurons``) this view separates POLY from MONO neurons better than MiniLM's; early-middle
+    layers beat late ones (whose few huge dimensions swamp cosine similarity even after centring)."""
+
+    name = "subject"
+
+    def __init__(self, interface: object, depths: Sequence[float] = (1 / 6, 1 / 4), *, below: int | None = None,
+                 batch_size: int = 128, window: MiniLMEmbedder | None = None) -> None:
+        super().__init__(batch_size)
+        from neuron_core.interface import ModelInterface
+
+        self.interface = interface if isinstance(interface, ModelInterface) else ModelInterface(interface)  # type: ignore[arg-type]
+        resolver = self.interface.resolver
+        if resolver.blocks_path is None:
+            raise ValueError("the subject-model embedder needs a model with blocks")
+        top = resolver.n_layers - 1 if below is None else below - 1
+        self.layers = sorted({max(0, min(top, round(d * resolver.n_layers))) for d in depths})
+        self._window = window
+        self._stats: tuple[np.ndarray, np.ndarray] | None = None  # per-dimension mean and spread of random contexts
+
+    @property
+    def window(self) -> MiniLMEmbedder:
+        if self._window is None:
+            self._window = MiniLMEmbedder()
+        return self._window
+
+    def fit(self, contexts: Sequence[Context]) -> None:
+        """Standardise against these (random) contexts: every later vector is treated the same way."""
+        raw = self._rows(contexts)  # [m, layers * d]
+        self._stats = (raw.mean(0), raw.std(0) + 1e-6)
+
+    def _combine(self, rows: np.ndarray) -> np.ndarray:
+        if self._stats is None:
+            raise ValueError("SubjectEmbedder.fit(random contexts) must come before embedding")
+        z = (rows - self._stats[0]) / self._stats[1]  # [m, layers * d]
+        parts = np.split(z, len(self.layers), axis=1)
+        return _normalise(np.concatenate([_normalise(p) for p in parts], axis=1))
+
+    def embed_views(self, contexts: Sequence[Context]) -> tuple[np.ndarray, np.ndarray]:
+        """(the token as the model reads it, the window without the word from MiniLM)."""
+        return self.embed(contexts), self.window.embed_views(contexts)[1]
+
+    @torch.no_grad()
+    def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
+        from neuron_core.batching import Segment, make_batches, pad_token_id
+        from neuron_core.capture import StopForward, run_forward
+
+        pairs = [_subject_ids(self.interface, c) for c in contexts]
+        segs = [Segment(i, 0, tuple(ids)) for i, (ids, _) in enumerate(pairs)]
+        batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(self.interface.tokenizer)))
+        batch = batch.to(self.interface.device)
+        got: dict[int, torch.Tensor] = {}
+        last = self.layers[-1]
+        blocks = self.interface.resolver.blocks_path
+
+        def grab(layer: int) -> Callable[..., None]:
+            def hook(_m: torch.nn.Module, _a: object, out: object) -> None:
+                got[layer] = torch.as_tensor(out[0] if isinstance(out, tuple) else out).detach()
+                if layer == last:
+                    raise StopForward
+
+            return hook
+
+        handles = [self.interface.module.get_submodule(f"{blocks}.{layer}").register_forward_hook(grab(layer))
+                   for layer in self.layers]
+        try:
+            run_forward(self.interface.module, batch.model_kwargs(self.interface.module))
+        finally:
+            for handle in handles:
+                handle.remove()
+        rows = torch.arange(len(pairs))
+        index = torch.tensor([idx for _, idx in pairs])
+        vecs = [got[layer].float().cpu()[rows, index] for layer in self.layers]  # each [B, d]
+        return torch.cat(vecs, dim=1).numpy()  # [B, layers * d]
+
+
+def _subject_ids(interface: Any, ctx: Context, max_before: int = 8) -> tuple[list[int], int]:
+    """The subject model's token ids of a context's window up to the activating token, and the token's index
+    (tokenised from the text when the context does not carry its ids: probe sentences), at most ``max_before``
+    tokens before it (a corpus context's window: ``DetectorConfig.window_before``). A causal model's reading of
+    the token does not depend on what follows it, so those tokens are not run; an encoder keeps them."""
+    if ctx.ids and ctx.index >= 0:
+        ids, index = list(ctx.ids), ctx.index
+    else:
+        enc = interface.tokenizer(ctx.text, return_offsets_mapping=True, add_special_tokens=False)
+        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+        cover = [i for i, (a, b) in enumerate(offsets) if a < ctx.end and b > ctx.start]
+        index = cover[-1] if cover else len(ids) - 1
+    lo = max(0, index - max_before)  # as much left context as a corpus context has
+    causal = bool(getattr(interface.loaded, "is_causal_lm", False))
+    return (ids[lo:index + 1] if causal else ids[lo:]), index - lo  # a causal model reads nothing after the token
+
+
 def make_embedder(spec: str | Embedder, interface: object = None, layer: int | None = None) -> Embedder:
+    """``"subject"`` (the subject model's reading before ``layer``, needs ``interface``), ``"minilm"``,
+    ``"hidden"`` (the residual stream after block ``layer``, needs ``interface`` and ``layer``) or an object with
+    ``.embed()``."""
     if not isinstance(spec, str):
         return spec
     if spec == "minilm":
         return MiniLMEmbedder()
+    if spec == "subject":
+        if interface is None:
+            raise ValueError("embedder='subject' needs the model interface; without one use 'minilm'")
+        return SubjectEmbedder(interface, below=layer)
     if spec == "hidden":
         if interface is None or layer is None:
             raise ValueError("embedder='hidden' needs the model interface and a layer")
         return HiddenStateEmbedder(interface, layer)
-    raise ValueError(f"unknown embedder {spec!r}; choose 'minilm', 'hidden' or pass an object with .embed()")
+    raise ValueError(f"unknown embedder {spec!r}; choose 'subject', 'minilm', 'hidden' or pass an object with "
+                     ".embed()")

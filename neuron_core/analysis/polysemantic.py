@@ -2,7 +2,7 @@
 
 Usage::
 
-    det = PolysemanticDetector(profile_or_record, interface=interface)     # embedder="minilm" (default) or "hidden"
+    det = PolysemanticDetector(profile_or_record, interface=interface)     # embedder: "subject" with an interface
     for n in det.detect():                     # the polysemantic neurons, best first
         print(n.summary)                       # 'L6/N1234: 2 modes: animals (55%), months (45%); score 0.81, p=0.010'
     det.scores()                               # DataFrame over every analysed neuron
@@ -35,19 +35,28 @@ Method, per neuron:
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from neuron_core.analysis.contexts import Context, contexts_from_profile, contexts_from_record, random_contexts
 from neuron_core.analysis.embed import Embedder, make_embedder
-from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron
+from neuron_core.analysis.modes import (
+    Clustering,
+    ModeEvidence,
+    centroids,
+    cluster,
+    merge_modes,
+    score_modes,
+    silhouette,
+    view_scale,
+)
+from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron, Verdict
 from neuron_core.capture import ActivationRecord
 from neuron_core.corpus import ConceptProbes, load_probes
 from neuron_core.errors import CorpusTooSmallError, InputError
@@ -79,7 +88,15 @@ class DetectorConfig:
     sep_lo: float = 0.55
     sep_hi: float = 0.85
     merge_distance: float = 0.6
-    """Modes whose centroids are closer than this cosine distance are one mode (not clearly distinct)."""
+    """Modes whose concept distance is below this are one mode (see :mod:`neuron_core.analysis.modes`: the smaller
+    of the word and window distances between the modes, 1.0 = as far apart as two random contexts)."""
+    same_word_share: float = 0.5
+    """Two modes are one concept when at least this share of each one's contexts are words the other has too."""
+    family_share: float = 0.7
+    """Two modes are one concept when at least this share of each are tokens of one family (punctuation,
+    numbers, unit symbols after a number, white space)."""
+    balance_power: float = 0.5
+    """The score grows with the modes' balance to this power (0: a clear second mode counts whatever its size)."""
     strength_power: float = 4.0
     """Modes weigh share x strength**strength_power (strength: the mode's peak over the strongest mode's)."""
     merge_same_concept: bool = True
@@ -134,159 +151,31 @@ def neuron_ref(site: str, neuron: int) -> str:
     return f"{site}/N{neuron}"
 
 
+_T = TypeVar("_T")
+
+
 @dataclass
-class _Clustering:
-    labels: np.ndarray  # [m] cluster id per context, -1 = outlier
-    modes: list[int]  # ids of substantial clusters
-    silhouette: float
-    shares: dict[int, float] = field(default_factory=dict)  # share of activation mass (from the sample)
-    weights: dict[int, float] = field(default_factory=dict)  # max(mass share, share of the top band): for scoring
+class _Work:
+    """One analysed neuron between the stages of :meth:`PolysemanticDetector.run`."""
 
-
-def _cluster(X: np.ndarray, values: np.ndarray, sampled: np.ndarray, cfg: DetectorConfig) -> _Clustering:
-    """Choose k by the silhouette criterion; return the clustering with its substantial modes.
-
-    One average-linkage tree on cosine distances (what ``AgglomerativeClustering(metric="cosine",
-    linkage="average")`` builds for each k) is cut at every k, and the silhouettes reuse its distances."""
-    from scipy.cluster.hierarchy import cut_tree, linkage
-    from scipy.spatial.distance import pdist, squareform
-    from sklearn.metrics import silhouette_score
-
-    m = X.shape[0]
-    single = _Clustering(np.zeros(m, dtype=int), [0], 0.0, {0: 1.0}, {0: 1.0})
-    ks = list(range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1))
-    if m < cfg.min_contexts or not ks:
-        return single
-    use_sample = sampled.sum() >= cfg.min_contexts
-    mass = values.clip(min=0) * (sampled if use_sample else np.ones_like(sampled))
-    if mass.sum() <= 0:
-        mass = values.clip(min=0) + 1e-9
-    top = values.clip(min=0) * (1.0 - sampled) if use_sample and (1.0 - sampled).sum() > 0 else mass
-    dist = np.maximum(pdist(X, metric="cosine"), 0.0)  # float64 [m * (m - 1) / 2]
-    cuts = cut_tree(linkage(dist, method="average"), n_clusters=ks)  # [m, len(ks)]: the tree cut at each k
-    square = squareform(dist)
-    best: _Clustering | None = None
-    for col, k in enumerate(ks):
-        labels = cuts[:, col].astype(int)
-        shares = {c: float(mass[labels == c].sum() / mass.sum()) for c in range(k)}
-        # a rare mode can carry little of the mass yet a good part of the strongest activations: count both
-        weights = {c: max(shares[c], float(top[labels == c].sum() / max(top.sum(), 1e-12))) for c in range(k)}
-        modes = [c for c in range(k) if (labels == c).sum() >= cfg.min_mode_size and weights[c] >= cfg.min_share]
-        if len(modes) < 2:
-            continue
-        keep = np.isin(labels, modes)
-        sil = float(silhouette_score(square[np.ix_(keep, keep)], labels[keep], metric="precomputed"))
-        if best is None or sil > best.silhouette:
-            labels = np.where(keep, labels, -1)
-            best = _Clustering(labels, modes, sil, {c: shares[c] for c in modes}, {c: weights[c] for c in modes})
-    if best is None or best.silhouette < cfg.silhouette_min:
-        return single
-    return _merge_close(X, best, cfg, single)
-
-
-def _merge_close(X: np.ndarray, clustering: _Clustering, cfg: DetectorConfig, single: _Clustering) -> _Clustering:
-    """Merge modes whose centroids are closer than ``merge_distance``: they are not clearly distinct."""
-    while len(clustering.modes) >= 2:
-        cents = _centroids(X, clustering)
-        dist = 1.0 - cents @ cents.T
-        np.fill_diagonal(dist, np.inf)
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[i, j] >= cfg.merge_distance:
-            break
-        a, b = clustering.modes[i], clustering.modes[j]
-        labels = np.where(clustering.labels == b, a, clustering.labels)
-        shares, weights = dict(clustering.shares), dict(clustering.weights)
-        shares[a] += shares.pop(b)
-        weights[a] += weights.pop(b)
-        modes = [c for c in clustering.modes if c != b]
-        clustering = _Clustering(labels, modes, clustering.silhouette, shares, weights)
-    if len(clustering.modes) < 2:
-        return _Clustering(np.where(clustering.labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0}) \
-            if clustering.modes else single
-    from sklearn.metrics import silhouette_score
-
-    keep = clustering.labels >= 0
-    clustering.silhouette = float(silhouette_score(X[keep], clustering.labels[keep], metric="cosine"))
-    return clustering
-
-
-def _merge_same_concept(X: np.ndarray, clustering: _Clustering, concept_cents: np.ndarray | None,
-                        min_sim: float) -> _Clustering:
-    """Merge modes whose best-matching probe concept is the same (both above ``min_sim``)."""
-    if concept_cents is None or len(clustering.modes) < 2:
-        return clustering
-    sims = _centroids(X, clustering) @ concept_cents.T  # [modes, concepts]
-    best = sims.argmax(1)
-    ok = sims.max(1) >= min_sim
-    labels = clustering.labels.copy()
-    shares, weights = dict(clustering.shares), dict(clustering.weights)
-    modes = list(clustering.modes)
-    for i in range(len(clustering.modes)):
-        for j in range(i):
-            if ok[i] and ok[j] and best[i] == best[j]:
-                a, b = clustering.modes[j], clustering.modes[i]
-                root = a
-                while root not in modes:  # a was merged already: follow to its survivor
-                    root = int(labels[np.nonzero(clustering.labels == root)[0][0]])
-                if b in modes and b != root:
-                    labels[labels == b] = root
-                    shares[root] += shares.pop(b)
-                    weights[root] += weights.pop(b)
-                    modes.remove(b)
-                break
-    if len(modes) < 2:
-        return _Clustering(np.where(labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0})
-    merged = _Clustering(labels, modes, clustering.silhouette, shares, weights)
-    if len(modes) < len(clustering.modes):
-        from sklearn.metrics import silhouette_score
-
-        keep = labels >= 0
-        merged.silhouette = float(silhouette_score(X[keep], labels[keep], metric="cosine"))
-    return merged
-
-
-def _centroids(X: np.ndarray, clustering: _Clustering) -> np.ndarray:
-    cents = np.stack([X[clustering.labels == c].mean(0) for c in clustering.modes])
-    return cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
-
-
-def _strengths(values: np.ndarray, clustering: _Clustering) -> np.ndarray:
-    """Per mode: mean of its 3 highest activations over that of the strongest mode, in (0, 1]."""
-    peaks = []
-    for c in clustering.modes:
-        v = np.sort(values[clustering.labels == c])[::-1][:3]
-        peaks.append(float(v.mean()) if v.size else 0.0)
-    top = max(max(peaks), 1e-12)
-    return np.clip(np.array(peaks) / top, 1e-6, 1.0)
-
-
-def _score(X: np.ndarray, clustering: _Clustering, cfg: DetectorConfig, values: np.ndarray) -> tuple[float, float]:
-    """(score, separation) of a clustering; one mode scores (0, 0).
-
-    Each mode weighs share x strength**strength_power, where strength compares its peak activation with the
-    strongest mode's:
-    a neuron is polysemantic when it fires on several things *about as strongly*, not when a weak side-response
-    (e.g. to word fragments) sits beside one concept."""
-    if len(clustering.modes) < 2:
-        return 0.0, 0.0
-    weights = np.array([clustering.weights[c] for c in clustering.modes])
-    p = weights * _strengths(values, clustering) ** cfg.strength_power
-    p = p / p.sum()
-    balance = min(1.0, (1.0 - float((p ** 2).sum())) / 0.5)
-    cents = _centroids(X, clustering)
-    sims = cents @ cents.T
-    iu = np.triu_indices(len(cents), 1)
-    separation = float((1.0 - sims[iu]).mean())
-    sep_term = min(1.0, max(0.0, (separation - cfg.sep_lo) / (cfg.sep_hi - cfg.sep_lo)))
-    quality = min(1.0, max(0.0, clustering.silhouette / cfg.silhouette_hi))
-    return math.sqrt(balance) * sep_term * (0.5 + 0.5 * quality), separation
+    site: str
+    neuron: int
+    contexts: list[Context]  # the corpus contexts, then any probe-mode contexts
+    n_corpus: int  # how many of them came from the corpus (the size the null is matched to)
+    X: np.ndarray  # [m, d] the contexts' embeddings
+    evidence: ModeEvidence
+    values: np.ndarray  # [m] activations
+    clustering: Clustering
+    score: float = 0.0
+    separation: float = 0.0
+    probe_modes: set[int] = field(default_factory=set)  # mode ids found through the probes only
 
 
 class PolysemanticDetector:
     """Finds polysemantic neurons in an ActivationRecord or a NeuronProfile (see the module docstring)."""
 
     def __init__(self, source: ActivationRecord | NeuronProfile, *, interface: Any = None,
-                 embedder: str | Embedder = "minilm", probes: dict[str, ConceptProbes] | str | None = None,
+                 embedder: str | Embedder = "auto", probes: dict[str, ConceptProbes] | str | None = None,
                  config: DetectorConfig | None = None, sites: Sequence[str] | None = None,
                  neurons: Sequence[int] | dict[str, Sequence[int]] | None = None, seed: int = 0) -> None:
         if not isinstance(source, (ActivationRecord, NeuronProfile)):
@@ -309,8 +198,8 @@ class PolysemanticDetector:
         self._probe_centroids: tuple[list[str], np.ndarray] | None = None
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
-        self._details: dict[tuple[str, int], tuple[list[Context], np.ndarray, _Clustering]] = {}
-        self._probe_found: set[tuple[str, int, int]] = set()
+        self._details: dict[tuple[str, int], tuple[list[Context], np.ndarray, Clustering]] = {}
+        self._scale = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -369,10 +258,12 @@ class PolysemanticDetector:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            layer = None
-            if self.sites and self.sites[0].startswith("blocks."):
-                layer = int(self.sites[0].split(".")[1])
-            self._embedder = make_embedder(self._embedder_spec, self.interface, layer)
+            layers = [int(s.split(".")[1]) for s in self.sites if s.startswith("blocks.")]
+            layer = min(layers) if layers else None
+            spec = self._embedder_spec
+            if spec == "auto":
+                spec = "subject" if self.interface is not None else "minilm"
+            self._embedder = make_embedder(spec, self.interface, layer)
         return self._embedder
 
     def _probe_sets(self) -> dict[str, ConceptProbes]:
@@ -399,152 +290,181 @@ class PolysemanticDetector:
 
     # ------------------------------------------------------------------ run
     def run(self) -> list[PolysemanticNeuron]:
+        """Analyse every chosen neuron (once; later calls return the same results): gather its contexts, embed
+        them, cluster and merge them into modes, score, test against the size-matched null, give the verdict,
+        and measure the top detections' ablation effects. ``timings`` holds each stage's seconds."""
         if self._results is not None:
             return self._results
-        cfg = self.config
-        t0 = time.perf_counter()
-        gathered: list[tuple[str, int, list[Context]]] = []
-        for site in self.sites:
-            for neuron in self._neurons_for(site):
-                gathered.append((site, neuron, self._contexts(site, neuron)))
-        usable = [g for g in gathered if len(g[2]) >= cfg.min_contexts]
-        if gathered and not usable:
-            most = max(len(g[2]) for g in gathered)
-            raise CorpusTooSmallError(
-                f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "
-                f"(a few hundred tokens at least) or lower DetectorConfig.min_contexts")
-        self.timings["contexts"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        pool: dict[tuple[str, int, int], Context] = {}
-        for _, _, ctxs in gathered:
-            for c in ctxs:
-                pool[(c.text, c.start, c.end)] = c
-        pool_list = list(pool.values())
-        pool_X = self.embedder.embed(pool_list) if pool_list else np.zeros((0, 1), np.float32)
-        index = {(c.text, c.start, c.end): i for i, c in enumerate(pool_list)}
-        self.timings["embed"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        names, cents = self._probes()
-        self.timings["probes"] = time.perf_counter() - t0
-        concept_cents = cents if cfg.merge_same_concept and len(names) else None
-
-        t0 = time.perf_counter()
-        probe_acts = {}
-        if cfg.probe_modes and self.interface is not None:
-            from neuron_core.analysis.probes import ProbeActivations
-
-            probes = self._probe_sets()
-            wanted: dict[str, list[int]] = {}
-            for site, neuron, ctxs in gathered:
-                if len(ctxs) >= cfg.min_contexts:
-                    wanted.setdefault(site, []).append(neuron)
-            if wanted:
-                probe_acts = ProbeActivations.compute(self.interface, wanted, probes)
-        self.timings["probe_selectivity"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        per_neuron = []
-        for site, neuron, ctxs in gathered:
-            X = pool_X[[index[(c.text, c.start, c.end)] for c in ctxs]] if ctxs else np.zeros((0, 1), np.float32)
-            values = np.array([c.value for c in ctxs])
-            sampled = np.array([c.sampled for c in ctxs], dtype=float)
-            clustering = _cluster(X, values, sampled, cfg)
-            if site in probe_acts and len(ctxs) >= cfg.min_contexts:
-                ctxs, X, values, clustering = self._add_probe_modes(
-                    site, neuron, ctxs, X, values, clustering, probe_acts[site], names, cents)
-            clustering = _merge_same_concept(X, clustering, concept_cents, cfg.probe_min_similarity)
-            score, separation = _score(X, clustering, cfg, values)
-            per_neuron.append((site, neuron, ctxs, X, clustering, score, separation))
-            self._details[(site, neuron)] = (ctxs, X, clustering)
-        self.timings["cluster"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        null_pool = [c for site in self.sites for c in random_contexts(
-            self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
-            before=cfg.window_before, after=cfg.window_after)]
-        null_X = self.embedder.embed(null_pool) if null_pool else np.zeros((0, 1), np.float32)
-        known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before any probe modes
-        value_sets = self._null_values(known) or [np.array([c.value for c in g[2]]) for g in usable]
-        nulls = self._null_scores(null_X, null_pool, {null_size(len(g[2]), cfg.min_contexts) for g in usable},
-                                  value_sets, concept_cents)
-        self.timings["null"] = time.perf_counter() - t0
-
-        results = []
-        for site, neuron, ctxs, X, clustering, score, separation in per_neuron:
-            null = nulls.get(null_size(len(known[(site, neuron)]), cfg.min_contexts), np.zeros(0))
-            p_value = float((1 + (null >= score - 1e-12).sum()) / (1 + null.size)) if null.size else 1.0
-            if len(clustering.modes) < 2:
-                p_value = 1.0
-            mu, sd = (float(null.mean()), float(null.std())) if null.size else (0.0, 0.0)
-            z = (score - mu) / max(sd, 1e-6)
-            probe_ids = {c for (s_, n_, c) in self._probe_found if s_ == site and n_ == neuron}
-            modes = self._modes(ctxs, X, clustering, names, cents, probe_ids)
-            ref = neuron_ref(site, neuron)
-            results.append(PolysemanticNeuron(
-                site=site, neuron=neuron, score=round(float(score), 6), p_value=p_value, z_score=float(z),
-                n_modes=len(modes), separation=separation, modes=modes,
-                summary=self._summary(ref, modes, score, p_value, len(ctxs))))
-        t0 = time.perf_counter()
-        if cfg.ablation and self.interface is not None and self.interface.loaded.is_causal_lm:
-            chosen = sorted((r for r in results if self._is_detected(r)), key=lambda r: -r.score)
-            chosen_keys = {(r.site, r.neuron) for r in chosen[: cfg.ablation_max_neurons]}
-            results = [self._with_effects(r, per_neuron) if (r.site, r.neuron) in chosen_keys else r
-                       for r in results]
-        self.timings["ablation"] = time.perf_counter() - t0
+        gathered = self._stage("contexts", self._gather)
+        null_pool = self._stage("embed", lambda: self._embed_all(gathered))
+        names, cents = self._stage("probes", self._probes)
+        concept_cents = cents if self.config.merge_same_concept and len(names) else None
+        probe_acts = self._stage("probe_selectivity", lambda: self._probe_selectivity(gathered))
+        work = self._stage("cluster", lambda: [self._analyse(site, neuron, ctxs, probe_acts, concept_cents)
+                                               for site, neuron, ctxs in gathered])
+        nulls = self._stage("null", lambda: self._null(gathered, null_pool, concept_cents))
+        results = [self._result(w, nulls, names, cents) for w in work]
+        results = self._stage("ablation", lambda: self._ablate(results, work))
         results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
         self._results = results
         return results
 
-    def _add_probe_modes(self, site: str, neuron: int, ctxs: list[Context], X: np.ndarray, values: np.ndarray,
-                         clustering: _Clustering, pa: Any, names: list[str], cents: np.ndarray
-                         ) -> tuple[list[Context], np.ndarray, np.ndarray, _Clustering]:
-        """Add a mode for each probe concept the neuron responds to strongly and selectively that no mode covers."""
+    def _stage(self, name: str, fn: Callable[[], _T]) -> _T:
+        t0 = time.perf_counter()
+        out = fn()
+        self.timings[name] = time.perf_counter() - t0
+        return out
+
+    def _gather(self) -> list[tuple[str, int, list[Context]]]:
         cfg = self.config
-        peak = float(values.max()) if values.size else 0.0
-        if peak <= 0:
-            return ctxs, X, values, clustering
-        covered = set()
-        if len(names):
-            sims = _centroids(X, clustering) @ cents.T if X.shape[0] else np.zeros((0, len(names)))
-            covered = {names[int(i)] for i, row in zip(sims.argmax(1), sims) if row.max() >= cfg.probe_min_similarity}
+        gathered = [(site, neuron, self._contexts(site, neuron)) for site in self.sites
+                    for neuron in self._neurons_for(site)]
+        if gathered and not any(len(c) >= cfg.min_contexts for _, _, c in gathered):
+            most = max(len(c) for _, _, c in gathered)
+            raise CorpusTooSmallError(
+                f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "
+                f"(a few hundred tokens at least) or lower DetectorConfig.min_contexts")
+        return gathered
+
+    def _embed_all(self, gathered: list[tuple[str, int, list[Context]]]) -> list[Context]:
+        """Embed every context once (the embedder caches), the null's random pool too; set the views' scale.
+        Returns the null pool."""
+        cfg = self.config
+        null_pool = [c for site in self.sites for c in random_contexts(
+            self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
+            before=cfg.window_before, after=cfg.window_after)]
+        fit = getattr(self.embedder, "fit", None)
+        if fit is not None and null_pool:
+            fit(null_pool)  # the subject embedder standardises against random contexts
+        unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
+        unique.update({(c.text, c.start, c.end): c for c in null_pool})
+        if unique:
+            self.embedder.embed(list(unique.values()))
+        if len(null_pool) >= 2:
+            _, W, C = self._views(null_pool)
+            self._scale = view_scale(W, C, seed=self.seed)
+        return null_pool
+
+    def _views(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(X, word view, window view) of contexts; an embedder without views gives X for both."""
+        if not ctxs:
+            empty = np.zeros((0, 1), np.float32)
+            return empty, empty, empty
+        X = self.embedder.embed(ctxs)
+        views = getattr(self.embedder, "embed_views", None)
+        if views is None:
+            return X, X, X
+        W, C = views(ctxs)
+        return X, W, C
+
+    def _evidence(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, ModeEvidence]:
+        X, W, C = self._views(ctxs)
+        return X, ModeEvidence.of(ctxs, W, C, self._scale)
+
+    def _probe_selectivity(self, gathered: list[tuple[str, int, list[Context]]]) -> dict[str, Any]:
+        """Per site, each analysed neuron's response to the probes' held-out spans (with a model interface)."""
+        cfg = self.config
+        if not cfg.probe_modes or self.interface is None:
+            return {}
+        from neuron_core.analysis.probes import ProbeActivations
+
+        wanted: dict[str, list[int]] = {}
+        for site, neuron, ctxs in gathered:
+            if len(ctxs) >= cfg.min_contexts:
+                wanted.setdefault(site, []).append(neuron)
+        return ProbeActivations.compute(self.interface, wanted, self._probe_sets()) if wanted else {}
+
+    def _analyse(self, site: str, neuron: int, ctxs: list[Context], probe_acts: dict[str, Any],
+                 concept_cents: np.ndarray | None) -> _Work:
+        """Cluster one neuron's contexts, add the modes only the probes show, merge into concepts, score."""
+        cfg = self.config
+        X, ev = self._evidence(ctxs)
+        values = np.array([c.value for c in ctxs])
+        sampled = np.array([c.sampled for c in ctxs], dtype=float)
+        w = _Work(site, neuron, ctxs, len(ctxs), X, ev, values, cluster(X, values, sampled, cfg))
+        if site in probe_acts and len(ctxs) >= cfg.min_contexts:
+            self._add_probe_modes(w, probe_acts[site])
+        w.clustering = merge_modes(w.X, w.clustering, w.evidence, cfg, concept_cents)
+        w.score, w.separation = score_modes(w.X, w.clustering, w.evidence, cfg, w.values, concept_cents)
+        self._details[(site, neuron)] = (w.contexts, w.X, w.clustering)
+        return w
+
+    def _null(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
+              concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
+        cfg = self.config
+        known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before probe modes
+        usable = [ctxs for ctxs in known.values() if len(ctxs) >= cfg.min_contexts]
+        value_sets = self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
+        sizes = {null_size(len(ctxs), cfg.min_contexts) for ctxs in usable}
+        return self._null_scores(null_pool, sizes, value_sets, concept_cents)
+
+    def _result(self, w: _Work, nulls: dict[int, np.ndarray], names: list[str], cents: np.ndarray
+                ) -> PolysemanticNeuron:
+        cfg = self.config
+        null = nulls.get(null_size(w.n_corpus, cfg.min_contexts), np.zeros(0))
+        n_above = int((null >= w.score - 1e-12).sum())
+        p_value = float((1 + n_above) / (1 + null.size)) if null.size and len(w.clustering.modes) >= 2 else 1.0
+        mu, sd = (float(null.mean()), float(null.std())) if null.size else (0.0, 0.0)
+        modes = self._modes(w.contexts, w.X, w.clustering, names, cents, w.probe_modes)
+        return PolysemanticNeuron(
+            site=w.site, neuron=w.neuron, score=round(float(w.score), 6), p_value=p_value,
+            z_score=float((w.score - mu) / max(sd, 1e-6)), n_modes=len(modes), separation=w.separation,
+            modes=modes, summary=self._summary(neuron_ref(w.site, w.neuron), modes, w.score, p_value, w.n_corpus),
+            verdict=self._verdict(w.score, len(modes), n_above, null.size))
+
+    def _ablate(self, results: list[PolysemanticNeuron], work: list[_Work]) -> list[PolysemanticNeuron]:
+        """Each mode's loss change under zero-ablation, for the ``ablation_max_neurons`` best detections."""
+        cfg = self.config
+        if not (cfg.ablation and self.interface is not None and self.interface.loaded.is_causal_lm):
+            return results
+        chosen = sorted((r for r in results if self._is_detected(r)), key=lambda r: -r.score)
+        by_key = {(w.site, w.neuron): w for w in work}
+        keys = {(r.site, r.neuron) for r in chosen[: cfg.ablation_max_neurons]}
+        return [self._with_effects(r, by_key[(r.site, r.neuron)]) if (r.site, r.neuron) in keys else r
+                for r in results]
+
+    def _add_probe_modes(self, w: _Work, pa: Any) -> None:
+        """Add a mode for each probe concept the neuron responds to strongly and selectively that no mode covers."""
         from neuron_core.analysis.probes import selectivity_auc
 
-        concept_acts, background = pa.neuron(neuron)
+        cfg = self.config
+        names, cents = self._probes()
+        peak = float(w.values.max()) if w.values.size else 0.0
+        if peak <= 0:
+            return
+        covered: set[str] = set()
+        if len(names):
+            sims = centroids(w.X, w.clustering) @ cents.T
+            covered = {names[int(i)] for i, row in zip(sims.argmax(1), sims) if row.max() >= cfg.probe_min_similarity}
+        concept_acts, background = pa.neuron(w.neuron)
         bg = np.sort(background)
         new_ctx: list[Context] = []
         new_labels: list[int] = []
-        labels = clustering.labels
-        modes, shares, weights = list(clustering.modes), dict(clustering.shares), dict(clustering.weights)
-        next_id = int(max(labels.max(initial=0), max(modes, default=0))) + 1
+        c = w.clustering
+        modes, shares, weights = list(c.modes), dict(c.shares), dict(c.weights)
+        next_id = int(max(c.labels.max(initial=0), max(modes, default=0))) + 1
         for concept, v in concept_acts.items():
-            median = float(np.median(v))
-            auc = selectivity_auc(v, bg)
-            if concept in covered or median < cfg.probe_mode_strength * peak or auc < cfg.probe_mode_auc:
+            if concept in covered or float(np.median(v)) < cfg.probe_mode_strength * peak \
+                    or selectivity_auc(v, bg) < cfg.probe_mode_auc:
                 continue
-            order = np.argsort(-v)[: cfg.min_mode_size * 2]
-            for i in order:
+            for i in np.argsort(-v)[: cfg.min_mode_size * 2]:
                 ex = pa.examples[concept][int(i)]
                 new_ctx.append(Context(ex.text, ex.start, ex.end, float(v[i]), -1, -1, ex.span_text))
                 new_labels.append(next_id)
             modes.append(next_id)
             shares[next_id] = 0.0  # not observed in the corpus's activation mass
             weights[next_id] = cfg.probe_mode_weight
-            self._probe_found.add((site, neuron, next_id))
+            w.probe_modes.add(next_id)
             next_id += 1
         if not new_ctx:
-            return ctxs, X, values, clustering
-        X2 = np.concatenate([X, self.embedder.embed(new_ctx)])
-        values2 = np.concatenate([values, [c.value for c in new_ctx]])
-        labels2 = np.concatenate([labels, new_labels])
-        merged = _Clustering(labels2, modes, clustering.silhouette, shares, weights)
-        if len(modes) >= 2:
-            from sklearn.metrics import silhouette_score
-
-            keep = np.isin(labels2, modes)
-            merged.silhouette = float(silhouette_score(X2[keep], labels2[keep], metric="cosine"))
-        return ctxs + new_ctx, X2, values2, merged
+            return
+        X2, ev2 = self._evidence(new_ctx)
+        w.contexts = w.contexts + new_ctx
+        w.X = np.concatenate([w.X, X2])
+        w.evidence = w.evidence.extend(ev2)
+        w.values = np.concatenate([w.values, [x.value for x in new_ctx]])
+        w.clustering = Clustering(np.concatenate([c.labels, new_labels]), modes, 0.0, shares, weights)
+        w.clustering.silhouette = silhouette(w.X, w.clustering)
 
     def _null_values(self, known: dict[tuple[str, int], list[Context]]) -> list[np.ndarray]:
         """The activation values of the strong contexts of ``null_value_neurons`` neurons drawn at random (seeded)
@@ -564,7 +484,7 @@ class PolysemanticDetector:
                     out.append(values)
         return out
 
-    def _null_scores(self, pool_X: np.ndarray, pool: list[Context], sizes: set[int], value_sets: list[np.ndarray],
+    def _null_scores(self, pool: list[Context], sizes: set[int], value_sets: list[np.ndarray],
                      concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
         """Per set size: the scores of ``n_null`` random context sets of that size, each with the activation values
         of one of ``value_sets`` (drawn at random, unrelated to the contexts). The draws for a size depend only on
@@ -573,6 +493,7 @@ class PolysemanticDetector:
         value_sets = [v for v in value_sets if v.size]
         if len(pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
             return {}
+        pool_X, pool_ev = self._evidence(pool)
         out: dict[int, np.ndarray] = {}
         for size in sorted(sizes):
             m = min(size, len(pool))
@@ -582,19 +503,18 @@ class PolysemanticDetector:
                 idx = rng.choice(len(pool), size=m, replace=False)
                 own = value_sets[int(rng.integers(len(value_sets)))]
                 vals = rng.choice(own, size=m, replace=own.size < m)
-                X = pool_X[idx]
-                clustering = _merge_same_concept(X, _cluster(X, vals, np.ones(m), cfg), concept_cents,
-                                                 cfg.probe_min_similarity)
-                scores[i] = _score(X, clustering, cfg, vals)[0]
+                X, ev = pool_X[idx], pool_ev.take(idx)
+                clustering = merge_modes(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, concept_cents)
+                scores[i] = score_modes(X, clustering, ev, cfg, vals, concept_cents)[0]
             out[size] = scores
         return out
 
-    def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: _Clustering, names: list[str],
+    def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: Clustering, names: list[str],
                cents: np.ndarray, probe_ids: set[int] | None = None) -> list[Mode]:
         if not ctxs:
             return []
         mode_ids = clustering.modes
-        mode_cents = _centroids(X, clustering) if X.shape[0] else np.zeros((1, 1))
+        mode_cents = centroids(X, clustering) if X.shape[0] else np.zeros((1, 1))
         # the top band: the neuron's strongest contexts from the corpus (not the uniform sample, not probe sentences)
         top_band = np.array([not ctx.sampled and ctx.doc_id >= 0 for ctx in ctxs])
         top_mass = np.array([max(ctx.value, 0.0) for ctx in ctxs]) * top_band
@@ -635,13 +555,29 @@ class PolysemanticDetector:
         parts = ", ".join(f"{m.probe_concept or m.label} ({m.share_text})" for m in modes)
         return f"{ref}: {len(modes)} modes: {parts}; score {score:.2f}, p={p_value:.3f}"
 
+    def _verdict(self, score: float, n_modes: int, n_above: int, n_null: int) -> Verdict:
+        """Detected when the null settles it: ``n_above`` of ``n_null`` random sets scored at least as high, and
+        the p-value's exact 95 % interval (Clopper-Pearson, over the null's draws) lies wholly below alpha;
+        borderline when the interval holds alpha (another seed could decide either way); else not detected."""
+        cfg = self.config
+        if n_modes < 2 or score < cfg.min_score or n_null == 0:
+            return "not detected"
+        from scipy.stats import beta
+
+        k = n_above + 1  # the +1 correction: the neuron itself counts as one draw
+        n = n_null + 1
+        lower = float(beta.ppf(0.025, k, n - k + 1))
+        upper = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+        if upper < cfg.alpha:
+            return "detected"
+        return "borderline" if lower < cfg.alpha else "not detected"
+
     def _is_detected(self, r: PolysemanticNeuron) -> bool:
-        return r.n_modes >= 2 and r.p_value < self.config.alpha and r.score >= self.config.min_score
+        return r.verdict == "detected"
 
     # ------------------------------------------------------------------ causal check
-    def _with_effects(self, r: PolysemanticNeuron, per_neuron: list[Any]) -> PolysemanticNeuron:
-        entry = next(p for p in per_neuron if p[0] == r.site and p[1] == r.neuron)
-        _, _, ctxs, _, clustering, _, _ = entry
+    def _with_effects(self, r: PolysemanticNeuron, w: _Work) -> PolysemanticNeuron:
+        ctxs, clustering = w.contexts, w.clustering
         by_label = {}
         for c in clustering.modes:
             members = sorted([x for x, lab in zip(ctxs, clustering.labels) if lab == c], key=lambda x: -x.value)
@@ -651,9 +587,10 @@ class PolysemanticDetector:
         new_modes = []
         for mode in r.modes:
             key = {(e.doc_id, e.position) for e in mode.examples}
-            c = next((c for c in clustering.modes
-                      if key & {(x.doc_id, x.position) for x, lab in zip(ctxs, clustering.labels) if lab == c}), None)
-            new_modes.append(mode.model_copy(update={"effect": effects.get(c)}) if c is not None else mode)
+            match = next((c for c in clustering.modes
+                          if key & {(x.doc_id, x.position) for x, lab in zip(ctxs, clustering.labels) if lab == c}),
+                         None)
+            new_modes.append(mode.model_copy(update={"effect": effects.get(match)}) if match is not None else mode)
         return r.model_copy(update={"modes": new_modes})
 
     @torch.no_grad()
@@ -731,9 +668,9 @@ class PolysemanticDetector:
 
         rows = [{"site": r.site, "neuron": r.neuron, "ref": r.ref, "score": r.score, "p_value": r.p_value,
                  "z_score": r.z_score, "n_modes": r.n_modes, "separation": r.separation,
-                 "detected": self._is_detected(r), "summary": r.summary} for r in self.run()]
+                 "detected": self._is_detected(r), "verdict": r.verdict, "summary": r.summary} for r in self.run()]
         columns = ["site", "neuron", "ref", "score", "p_value", "z_score", "n_modes", "separation", "detected",
-                   "summary"]
+                   "verdict", "summary"]
         return pd.DataFrame(rows, columns=columns)
 
 

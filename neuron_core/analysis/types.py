@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ModeExample", "Mode", "PolysemanticNeuron", "NeuronLogitEffects", "DirectEffect"]
+__all__ = ["ModeExample", "Mode", "PolysemanticNeuron", "Verdict", "NeuronLogitEffects", "DirectEffect"]
 
 
 class ModeExample(BaseModel):
@@ -53,6 +55,11 @@ class Mode(BaseModel):
         return f"{self.share:.0%}"
 
 
+Verdict = Literal["detected", "borderline", "not detected"]
+"""A neuron's verdict: ``borderline`` when the null test cannot settle it at the detector's sample size (its p-value's
+confidence interval straddles alpha, or its score sits within the margin of the threshold)."""
+
+
 class PolysemanticNeuron(BaseModel):
     """The verdict on one neuron."""
 
@@ -68,6 +75,8 @@ class PolysemanticNeuron(BaseModel):
     separation: float = Field(description="mean cosine distance between the modes' centroids")
     modes: list[Mode]
     summary: str
+    verdict: Verdict = Field(default="not detected", description="detected, borderline (the test cannot settle it) "
+                             "or not detected")
 
     @property
     def ref(self) -> str:

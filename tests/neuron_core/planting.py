@@ -19,6 +19,8 @@ OR_PAIRS = [("animals", "months"), ("colors", "programming_keywords"), ("food", 
             ("vehicles", "legal_terms"), ("beverages", "html_tags")]
 SINGLES = ["animals", "months", "colors", "food", "emotions", "vehicles", "clothing", "sports", "countries",
            "weekdays", "musical_instruments", "furniture"]
+# single concepts that span many different tokens: the detector must not split them by token identity
+LEXICAL = ["unit_symbols", "number_words", "sentence_final_punctuation", "python_code_identifiers", "months"]
 
 
 @dataclass
@@ -56,8 +58,10 @@ def _mlp_inputs(lm, texts: list[str], layer: int, spans: list[tuple[int, int]] |
 
 
 def plant(lm, layer: int = 6, n_or: int = 6, n_single: int = 8, first_neuron: int = 100,
-          target: float = 4.0, ridge: float = 1.0, n_negative_docs: int = 400) -> Planted:
-    """Overwrite neurons first_neuron, first_neuron + 1, ... of ``layer`` (in place) and say what they are.
+          target: float = 4.0, ridge: float = 1.0, n_negative_docs: int = 400, n_lexical: int = 0) -> Planted:
+    """Overwrite neurons first_neuron, first_neuron + 1, ... of ``layer`` (in place) and say what they are: ``n_or``
+    OR neurons, ``n_single`` single-concept neurons and the first ``n_lexical`` lexically diverse single concepts
+    of ``LEXICAL`` (months is in both lists: planted once).
 
     gate_proj[n] = 1.5 w, with w a ridge readout of the MLP input (+target on the concepts' tokens, -target
     elsewhere, classes balanced, the concepts re-weighted until the mean readout is about equal on each);
@@ -65,7 +69,8 @@ def plant(lm, layer: int = 6, n_or: int = 6, n_single: int = 8, first_neuron: in
     about 4 silu(1.5 w.x): large on the concepts, near zero elsewhere.
     """
     probes: dict[str, ConceptProbes] = load_probes()
-    names = sorted({c for pair in OR_PAIRS[:n_or] for c in pair} | set(SINGLES[:n_single]))
+    singles = SINGLES[:n_single] + [c for c in LEXICAL[:n_lexical] if c not in SINGLES[:n_single]]
+    names = sorted({c for pair in OR_PAIRS[:n_or] for c in pair} | set(singles))
     texts, spans, owner = [], [], []
     for name in names:
         for e in probes[name].fit:
@@ -81,7 +86,7 @@ def plant(lm, layer: int = 6, n_or: int = 6, n_single: int = 8, first_neuron: in
     mean = neg_x.double().mean(0)
     up_dir = (mean / (neg_x.double() @ (mean / mean.norm())).mean() / mean.norm()).float()  # up.x ~ 1 on average
     planted: dict[int, tuple[str, ...]] = {}
-    specs: list[tuple[str, ...]] = [tuple(p) for p in OR_PAIRS[:n_or]] + [(c,) for c in SINGLES[:n_single]]
+    specs: list[tuple[str, ...]] = [tuple(p) for p in OR_PAIRS[:n_or]] + [(c,) for c in singles]
     mlp = lm.model.model.layers[layer].mlp
     for offset, concepts in enumerate(specs):
         neg = neg_x.double()

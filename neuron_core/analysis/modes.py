@@ -1,0 +1,293 @@
+"""A neuron's modes: cluster its contexts, merge clusters that are one concept, score how distinct the rest are.
+
+Usage::
+
+    evidence = ModeEvidence.of(contexts, word_vecs, window_vecs, scale)     # what the merge rules read, per context
+    clustering = cluster(X, values, sampled, cfg)                     # k by the silhouette (k = 1 allowed)
+    clustering = merge_modes(X, clustering, evidence, cfg, probes)   # one concept, one mode
+    score, separation = score_modes(X, clustering, evidence, cfg, values)
+
+A mode is a concept, not a token (the Mode noun of the design). Clusters of a neuron's contexts often split by
+token identity: 'h' in km/h and 'Pa' in kPa; an English and a French period; 'knit' and 'ting'. Two clusters are
+**one concept** when any of these holds:
+
+- **same word**: their contexts share their words (a token in several languages or topics);
+- **same family**: most contexts of both are tokens of one family: punctuation, numbers, unit symbols after a
+  number, white space (:func:`token_family`);
+- **same probe concept**: both are named after the same probe concept;
+- **close in meaning or in setting**: their words are close (a word family, inflections, synonyms), or their
+  windows are (the same kind of text: one programming language, one register), closer than ``merge_distance``.
+
+Distances are measured per view (the word as the subject model reads it, and the window without the word) between
+the modes' centroids, divided by the typical distance between two random contexts of the site in that view
+(``scale``). The **concept distance** of two modes is the smaller of the two (0 when a rule above says they are one
+concept): two modes are distinct concepts only when both what they are and where they stand differ.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from neuron_core.analysis.contexts import Context
+
+if TYPE_CHECKING:
+    from neuron_core.analysis.polysemantic import DetectorConfig
+
+__all__ = ["Clustering", "ModeEvidence", "cluster", "concept_distances", "merge_modes", "score_modes",
+           "token_family", "centroids"]
+
+
+# Unit symbols written after a number (SI and common ones); a compound is units joined by "/" (km/h, m/s, mg/dL).
+UNIT_SYMBOLS = frozenset("""
+    m km cm mm µm um nm mi ft yd s ms µs ns min h hr hrs g kg mg µg ug lb lbs oz L mL ml dL cl
+    °C °F ° K Pa kPa hPa MPa bar mbar psi atm N kN J kJ cal kcal W kW MW kWh Wh mAh V mV kV A mA Hz kHz MHz GHz
+    B KB kB MB GB TB KiB MiB GiB TiB bps kbps Mbps Gbps px pt em rem dpi fps rpm bpm mol mmol dB ppm ppb % ‰ mph
+    kph knots kn ha m² m³ cm² cm³ km² s² ×
+""".split())
+_AFTER_NUMBER = re.compile(r"\d[\d.,]*\s?([^\s\d]+)$")
+
+
+def token_family(ctx: Context) -> str | None:
+    """The token family of a context's token: 'space', 'punctuation', 'number', 'unit' (a unit symbol right after
+    a number: the 'h' of 280 km/h, the 'Pa' of 101 kPa, °C, mg, %) or None (an ordinary word piece)."""
+    token = ctx.text[ctx.start:ctx.end]
+    core = token.strip()
+    if not core:
+        return "space"
+    unit = _AFTER_NUMBER.search(ctx.text[:ctx.start] + token.rstrip())
+    if unit and all(part in UNIT_SYMBOLS for part in unit.group(1).split("/") if part):
+        return "unit"
+    if core.replace(",", "").replace(".", "").isdigit():
+        return "number"
+    if all(unicodedata.category(ch)[0] in "PS" for ch in core):
+        return "punctuation"
+    return None
+
+
+@dataclass
+class ModeEvidence:
+    """Per context: the lower-cased whole word, the token family, the two views; and the views' random scale."""
+
+    words: list[str]
+    families: list[str | None]
+    word_vecs: np.ndarray  # [m, d] the whole word in its window, rows L2-normalised
+    window_vecs: np.ndarray  # [m, d] the window without the word
+    scale: tuple[float, float]  # typical cosine distance of two random contexts: (word view, window view)
+
+    @classmethod
+    def of(cls, contexts: Sequence[Context], word_vecs: np.ndarray, window_vecs: np.ndarray,
+           scale: tuple[float, float]) -> ModeEvidence:
+        return cls([c.word.strip().lower() for c in contexts], [token_family(c) for c in contexts],
+                   word_vecs, window_vecs, scale)
+
+    def take(self, index: np.ndarray) -> ModeEvidence:
+        return ModeEvidence([self.words[i] for i in index], [self.families[i] for i in index],
+                            self.word_vecs[index], self.window_vecs[index], self.scale)
+
+    def extend(self, other: ModeEvidence) -> ModeEvidence:
+        return ModeEvidence(self.words + other.words, self.families + other.families,
+                            np.concatenate([self.word_vecs, other.word_vecs]),
+                            np.concatenate([self.window_vecs, other.window_vecs]), self.scale)
+
+
+def view_scale(word_vecs: np.ndarray, window_vecs: np.ndarray, n_pairs: int = 4000,
+               seed: int = 0) -> tuple[float, float]:
+    """The median cosine distance between random pairs of (random) contexts, per view."""
+    rng = np.random.default_rng(seed)
+    m = word_vecs.shape[0]
+    if m < 2:
+        return 1.0, 1.0
+    a = rng.integers(m, size=n_pairs)
+    b = (a + 1 + rng.integers(m - 1, size=n_pairs)) % m  # never a context with itself
+    out = []
+    for X in (word_vecs, window_vecs):
+        out.append(max(float(np.median(1.0 - (X[a] * X[b]).sum(1))), 1e-3))
+    return out[0], out[1]
+
+
+@dataclass
+class Clustering:
+    labels: np.ndarray  # [m] cluster id per context, -1 = outlier
+    modes: list[int]  # ids of substantial clusters
+    silhouette: float
+    shares: dict[int, float] = field(default_factory=dict)  # share of activation mass (from the sample)
+    weights: dict[int, float] = field(default_factory=dict)  # max(mass share, share of the top band): for scoring
+
+    @classmethod
+    def single(cls, labels: np.ndarray) -> Clustering:
+        """One mode holding every context that is not an outlier."""
+        return cls(np.where(labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0})
+
+    def members(self, mode: int) -> np.ndarray:
+        return np.nonzero(self.labels == mode)[0]
+
+
+def centroids(X: np.ndarray, clustering: Clustering) -> np.ndarray:
+    """[modes, d] unit centroids of the modes in ``X``."""
+    cents = np.stack([X[clustering.labels == c].mean(0) for c in clustering.modes])
+    return cents / np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+
+
+def silhouette(X: np.ndarray, clustering: Clustering) -> float:
+    """Mean silhouette (cosine) of the contexts that belong to a mode; 0 with fewer than two modes."""
+    from sklearn.metrics import silhouette_score
+
+    keep = clustering.labels >= 0
+    if len(clustering.modes) < 2 or len(set(clustering.labels[keep])) < 2:
+        return 0.0
+    return float(silhouette_score(X[keep], clustering.labels[keep], metric="cosine"))
+
+
+def cluster(X: np.ndarray, values: np.ndarray, sampled: np.ndarray, cfg: DetectorConfig) -> Clustering:
+    """Choose k by the silhouette criterion; return the clustering with its substantial modes.
+
+    One average-linkage tree on cosine distances (what ``AgglomerativeClustering(metric="cosine",
+    linkage="average")`` builds for each k) is cut at every k, and the silhouettes reuse its distances."""
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
+
+    m = X.shape[0]
+    single = Clustering.single(np.zeros(m, dtype=int))
+    ks = list(range(2, min(cfg.max_modes, m // cfg.min_mode_size) + 1))
+    if m < cfg.min_contexts or not ks:
+        return single
+    use_sample = sampled.sum() >= cfg.min_contexts
+    mass = values.clip(min=0) * (sampled if use_sample else np.ones_like(sampled))
+    if mass.sum() <= 0:
+        mass = values.clip(min=0) + 1e-9
+    top = values.clip(min=0) * (1.0 - sampled) if use_sample and (1.0 - sampled).sum() > 0 else mass
+    dist = np.maximum(pdist(X, metric="cosine"), 0.0)  # float64 [m * (m - 1) / 2]
+    cuts = cut_tree(linkage(dist, method="average"), n_clusters=ks)  # [m, len(ks)]: the tree cut at each k
+    square = squareform(dist)
+    best: Clustering | None = None
+    for col, k in enumerate(ks):
+        labels = cuts[:, col].astype(int)
+        shares = {c: float(mass[labels == c].sum() / mass.sum()) for c in range(k)}
+        # a rare mode can carry little of the mass yet a good part of the strongest activations: count both
+        weights = {c: max(shares[c], float(top[labels == c].sum() / max(top.sum(), 1e-12))) for c in range(k)}
+        modes = [c for c in range(k) if (labels == c).sum() >= cfg.min_mode_size and weights[c] >= cfg.min_share]
+        if len(modes) < 2:
+            continue
+        keep = np.isin(labels, modes)
+        sil = float(silhouette_score(square[np.ix_(keep, keep)], labels[keep], metric="precomputed"))
+        if best is None or sil > best.silhouette:
+            labels = np.where(keep, labels, -1)
+            best = Clustering(labels, modes, sil, {c: shares[c] for c in modes}, {c: weights[c] for c in modes})
+    if best is None or best.silhouette < cfg.silhouette_min:
+        return single
+    return best
+
+
+def _share_of(items: list[str | None], value: str | None) -> float:
+    return sum(1 for i in items if i == value) / max(len(items), 1)
+
+
+def _one_concept_by_rule(ev: ModeEvidence, a: np.ndarray, b: np.ndarray, cfg: DetectorConfig) -> bool:
+    """Same word, or same token family (see the module docstring)."""
+    words_a, words_b = [ev.words[i] for i in a], [ev.words[i] for i in b]
+    shared = set(words_a) & set(words_b)
+    if shared:
+        overlap = min(sum(w in shared for w in words_a) / len(words_a),
+                      sum(w in shared for w in words_b) / len(words_b))
+        if overlap >= cfg.same_word_share:
+            return True
+    fam_a = Counter(ev.families[i] for i in a).most_common(1)[0][0]
+    if fam_a is None:
+        return False
+    fams_a, fams_b = [ev.families[i] for i in a], [ev.families[i] for i in b]
+    return _share_of(fams_a, fam_a) >= cfg.family_share and _share_of(fams_b, fam_a) >= cfg.family_share
+
+
+def concept_distances(clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig,
+                      concepts: list[int | None] | None = None) -> np.ndarray:
+    """[modes, modes] concept distance between the modes (see the module docstring); the diagonal is 0.
+    ``concepts``: each mode's probe concept (an index) or None."""
+    k = len(clustering.modes)
+    members = [clustering.members(c) for c in clustering.modes]
+    views = []
+    for X, scale in ((ev.word_vecs, ev.scale[0]), (ev.window_vecs, ev.scale[1])):
+        cents = np.stack([X[idx].mean(0) for idx in members])
+        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        views.append((1.0 - cents @ cents.T) / scale)
+    dist = np.minimum(views[0], views[1])
+    for i in range(k):
+        dist[i, i] = 0.0
+        for j in range(i):
+            same_probe = concepts is not None and concepts[i] is not None and concepts[i] == concepts[j]
+            if same_probe or _one_concept_by_rule(ev, members[i], members[j], cfg):
+                dist[i, j] = dist[j, i] = 0.0
+    return np.maximum(dist, 0.0)
+
+
+def merge_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig,
+                concept_cents: np.ndarray | None = None) -> Clustering:
+    """Merge the closest pair of modes while their concept distance is below ``merge_distance``."""
+    while len(clustering.modes) >= 2:
+        concepts = probe_concepts(X, clustering, concept_cents, cfg.probe_min_similarity)
+        dist = concept_distances(clustering, ev, cfg, concepts)
+        np.fill_diagonal(dist, np.inf)
+        i, j = np.unravel_index(np.argmin(dist), dist.shape)
+        if dist[i, j] >= cfg.merge_distance:
+            break
+        a, b = clustering.modes[min(i, j)], clustering.modes[max(i, j)]
+        labels = np.where(clustering.labels == b, a, clustering.labels)
+        shares, weights = dict(clustering.shares), dict(clustering.weights)
+        shares[a] += shares.pop(b)
+        weights[a] += weights.pop(b)
+        clustering = Clustering(labels, [c for c in clustering.modes if c != b], 0.0, shares, weights)
+        clustering.silhouette = silhouette(X, clustering)
+    if len(clustering.modes) < 2:
+        return Clustering.single(clustering.labels)
+    return clustering
+
+
+def probe_concepts(X: np.ndarray, clustering: Clustering, concept_cents: np.ndarray | None,
+                   min_sim: float) -> list[int | None] | None:
+    """Each mode's best-matching probe concept (an index into ``concept_cents``), None below ``min_sim``."""
+    if concept_cents is None or not len(concept_cents):
+        return None
+    sims = centroids(X, clustering) @ concept_cents.T  # [modes, concepts]
+    return [int(row.argmax()) if row.max() >= min_sim else None for row in sims]
+
+
+def _strengths(values: np.ndarray, clustering: Clustering) -> np.ndarray:
+    """Per mode: mean of its 3 highest activations over that of the strongest mode, in (0, 1]."""
+    peaks = []
+    for c in clustering.modes:
+        v = np.sort(values[clustering.labels == c])[::-1][:3]
+        peaks.append(float(v.mean()) if v.size else 0.0)
+    top = max(max(peaks), 1e-12)
+    return np.clip(np.array(peaks) / top, 1e-6, 1.0)
+
+
+def score_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig, values: np.ndarray,
+                concept_cents: np.ndarray | None = None) -> tuple[float, float]:
+    """(score, separation) of a clustering; one mode scores (0, 0).
+
+    score = balance**balance_power x separation term x (1 + quality term) / 2. Each mode weighs share x
+    strength**strength_power (strength: its peak over the strongest mode's): a neuron is polysemantic when it fires
+    on several things *about as strongly*, not when a weak side-response sits beside one concept. Balance is the
+    Gini-Simpson diversity of those weights (two equal modes: 1); the separation is the mean concept distance
+    between the modes, mapped from [``sep_lo``, ``sep_hi``] to [0, 1]; the quality term maps the silhouette from
+    [0, ``silhouette_hi``] to [0, 1]."""
+    if len(clustering.modes) < 2:
+        return 0.0, 0.0
+    weights = np.array([clustering.weights[c] for c in clustering.modes])
+    p = weights * _strengths(values, clustering) ** cfg.strength_power
+    p = p / p.sum()
+    balance = min(1.0, (1.0 - float((p ** 2).sum())) / 0.5)
+    concepts = probe_concepts(X, clustering, concept_cents, cfg.probe_min_similarity)
+    dist = concept_distances(clustering, ev, cfg, concepts)
+    iu = np.triu_indices(len(clustering.modes), 1)
+    separation = float(dist[iu].mean())
+    sep_term = min(1.0, max(0.0, (separation - cfg.sep_lo) / (cfg.sep_hi - cfg.sep_lo)))
+    quality = min(1.0, max(0.0, clustering.silhouette / cfg.silhouette_hi))
+    return balance ** cfg.balance_power * sep_term * (0.5 + 0.5 * quality), separation

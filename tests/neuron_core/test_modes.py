@@ -1,0 +1,130 @@
+"""The rules that make a mode a concept, not a token (neuron_core/analysis/modes.py), on the failing cases of the
+issue that introduced them: unit symbols split by symbol, a period split by language, a word split into pieces.
+
+Every case clusters two groups whose embeddings are made far apart on purpose, so that only the rule under test
+can merge them; a control with the same far-apart embeddings and unrelated words must stay two modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuron_core.analysis import DetectorConfig
+from neuron_core.analysis.contexts import Context
+from neuron_core.analysis.modes import (
+    Clustering,
+    ModeEvidence,
+    cluster,
+    concept_distances,
+    merge_modes,
+    score_modes,
+    token_family,
+)
+
+CFG = DetectorConfig()
+
+
+def ctx(marked: str, value: float = 1.0) -> Context:
+    """A context from 'text with [[token]] marked'."""
+    start = marked.index("[[")
+    end = marked.index("]]") - 2
+    text = marked.replace("[[", "").replace("]]", "")
+    return Context(text, start, end, value, 0, 1, text[start:end])
+
+
+def two_groups(first: list[str], second: list[str], seed: int = 0) -> tuple[list[Context], np.ndarray]:
+    """Contexts of two groups and embeddings that put each group in its own tight, far-apart blob."""
+    rng = np.random.default_rng(seed)
+    ctxs = [ctx(m) for m in first + second]
+    centres = rng.normal(size=(2, 32))
+    X = np.concatenate([centres[0] + 0.05 * rng.normal(size=(len(first), 32)),
+                        centres[1] + 0.05 * rng.normal(size=(len(second), 32))])
+    return ctxs, (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def modes_of(ctxs: list[Context], X: np.ndarray) -> Clustering:
+    values = np.linspace(2.0, 1.0, len(ctxs))
+    ev = ModeEvidence.of(ctxs, X, X, scale=(1.0, 1.0))
+    clustered = cluster(X, values, np.ones(len(ctxs)), CFG)
+    assert len(clustered.modes) == 2  # the embeddings alone split them
+    return merge_modes(X, clustered, ev, CFG)
+
+
+UNITS_SPEED = ["The train reached 280 [[km/h]] on the coast.", "Wind gusts of 90 [[km/h]] were recorded.",
+               "It sprints at 12 m/[[s]] at most.", "The ball left the bat at 40 m/[[s]] today.",
+               "She drove at 50 [[mph]] through town.", "Sound travels at 343 m/[[s]] in air."]
+UNITS_PRESSURE = ["Inflate the tyre to 220 [[kPa]] before driving.", "The gauge read 101 [[kPa]] at sea level.",
+                  "The storm's centre fell to 950 [[hPa]] overnight.", "Set the boiler to 150 [[kPa]] again.",
+                  "Cook the rice at 80 [[kPa]] for eight minutes.", "Air pressure was 1013 [[hPa]] at noon."]
+PERIOD_EN = ["We finished the project last night[[.]]", "The cat slept on the warm mat[[.]]",
+             "It rained all afternoon in the valley[[.]]", "They walked home after the concert[[.]]"]
+PERIOD_FR = ["Nous avons fini le projet hier soir[[.]]", "Le chat dort sur le canapé[[.]]",
+             "Il a plu tout l'après-midi[[.]]", "Ils sont rentrés après le concert[[.]]"]
+KNIT_START = ["She took up [[knit]]ting last winter.", "Her [[knit]]ting circle meets on Fridays.",
+              "A [[knit]]ting pattern lay on the table.", "He bought [[knit]]ting needles in town."]
+KNIT_END = ["She took up knit[[ting]] last winter.", "Her knit[[ting]] circle meets on Fridays.",
+            "A knit[[ting]] pattern lay on the table.", "He bought knit[[ting]] needles in town."]
+ANIMALS = ["The [[dog]] barked at the mail carrier.", "A [[cat]] slept in the sun.",
+           "The [[horse]] galloped across the field.", "A [[fox]] crept past the henhouse."]
+MONTHS = ["The festival is held every [[October]] in the square.", "Her birthday falls in late [[March]] each year.",
+          "The lake freezes by the middle of [[January]] here.", "They moved in at the start of [[June]] last year."]
+
+
+def test_token_families():
+    assert token_family(ctx("reached 280 [[km/h]] on")) == "unit"
+    assert token_family(ctx("read 101 [[kPa]] at")) == "unit"
+    assert token_family(ctx("a dose of 5[[mg]] daily")) == "unit"
+    assert token_family(ctx("up 3.4[[%]] this year")) == "unit"
+    assert token_family(ctx("last night[[.]]")) == "punctuation"
+    assert token_family(ctx("¿Dónde está[[?]]")) == "punctuation"
+    assert token_family(ctx("in [[2024]] they")) == "number"
+    assert token_family(ctx("the[[ ]]end")) == "space"
+    assert token_family(ctx("the [[dog]] barked")) is None
+    assert token_family(ctx("two [[dogs]] barked")) is None  # a word after a number word is not a unit
+
+
+def test_whole_word_of_a_piece():
+    assert ctx("She took up knit[[ting]] last winter.").word == "knitting"
+    assert ctx("Der[[ Met]]zger hat").word == "Metzger"
+    assert ctx("last night[[.]]").word == "."
+    assert ctx("items.[[reduce]]((sum").word == "reduce"
+
+
+def test_unit_symbols_are_one_mode():
+    """Speed units and pressure units: one token family (a symbol after a number), however far apart."""
+    assert len(modes_of(*two_groups(UNITS_SPEED, UNITS_PRESSURE)).modes) == 1
+
+
+def test_a_period_in_english_and_in_french_is_one_mode():
+    assert len(modes_of(*two_groups(PERIOD_EN, PERIOD_FR)).modes) == 1
+
+
+def test_pieces_of_one_word_are_one_mode():
+    assert len(modes_of(*two_groups(KNIT_START, KNIT_END)).modes) == 1
+
+
+def test_unrelated_concepts_stay_apart():
+    """The control: the same far-apart embeddings with unrelated words and no shared family stay two modes."""
+    ctxs, X = two_groups(ANIMALS, MONTHS)
+    merged = modes_of(ctxs, X)
+    assert len(merged.modes) == 2
+    ev = ModeEvidence.of(ctxs, X, X, scale=(1.0, 1.0))
+    score, separation = score_modes(X, merged, ev, CFG, np.linspace(2.0, 1.0, len(ctxs)))
+    assert score > 0.5 and separation > 0.9
+
+
+@pytest.mark.parametrize("view", ["word", "window"])
+def test_close_in_either_view_is_one_concept(view):
+    """Two modes whose words differ but sit in one setting (or share meaning in different settings) are one
+    concept: the concept distance is the smaller of the two views' distances, each over its random scale."""
+    ctxs, far = two_groups(ANIMALS, MONTHS)
+    rng = np.random.default_rng(1)
+    near = np.repeat(rng.normal(size=(1, 32)), len(ctxs), axis=0) + 0.05 * rng.normal(size=(len(ctxs), 32))
+    near = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    words, windows = (near, far) if view == "word" else (far, near)
+    ev = ModeEvidence.of(ctxs, words, windows, scale=(1.0, 1.0))
+    split = Clustering(np.array([0] * 4 + [1] * 4), [0, 1], 0.5, {0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5})
+    assert concept_distances(split, ev, CFG)[0, 1] < CFG.merge_distance
+    assert len(merge_modes(far, split, ev, CFG).modes) == 1
+    apart = ModeEvidence.of(ctxs, far, far, scale=(1.0, 1.0))
+    assert concept_distances(split, apart, CFG)[0, 1] > 1.0
