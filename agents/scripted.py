@@ -4,102 +4,170 @@ Usage::
 
     runner = ScriptedRunner()
     turn = await runner.turn(ROLES["analyst"], task, TurnFacts(plan=plan, findings=store.all()))
-    turn.text          # a narrative whose every number and neuron id comes from the findings
+    turn.text          # a narrative whose every number and neuron id comes from the findings' typed quantities
 
-Reproducible: the same findings give the same text. What CI uses (``--llm scripted``).
+    scripted_narrative(TurnFacts(plan=plan, findings=findings))
+    # 'We profiled 20,000 tokens from 512 documents at layer 6 [F002]. Of the 64 most active neurons analysed in
+    #  layer 6, 7 are polysemantic and 3 borderline [F005]. The strongest case is L6/N1233 (score 0.81, p = 0.005),
+    #  whose 2 modes are “months” (55%) and “JSON keys” (40%) [F006]. ...'
+
+Reproducible: the same findings give the same text. What CI uses (``--llm scripted``), and what a prose-only model's
+report is built on (the model may only add sentences that pass the check).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from agents.roles import Role
 from agents.runner import AgentTurn, TurnFacts
+from tools.findings import Finding
 
-__all__ = ["ScriptedRunner", "scripted_narrative", "scripted_verdict", "layer_phrase", "mode_list"]
+__all__ = ["ScriptedRunner", "scripted_narrative", "scripted_verdict", "layer_phrase", "mode_list", "plural"]
 
 
 def _num(value: float, digits: int = 3) -> str:
-    """A number as the checker reads it back: integers plainly, others with ``digits`` significant digits."""
+    """A number as the checker reads it back: integers with thousands separators, others with ``digits``
+    significant digits."""
     if float(value).is_integer():
-        return f"{int(value)}"
+        return f"{int(value):,}"
     return f"{value:.{digits}g}"
+
+
+def plural(n: float, noun: str, many: str | None = None) -> str:
+    """``plural(1, 'mode')`` -> ``'1 mode'``; ``plural(3, 'mode')`` -> ``'3 modes'``."""
+    return f"{_num(n)} {noun if n == 1 else many or noun + 's'}"
+
+
+def _is(n: float) -> str:
+    return "is" if n == 1 else "are"
+
+
+def _and(items: Sequence[str]) -> str:
+    """``'a'``, ``'a and b'``, ``'a, b and c'``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
 
 
 def layer_phrase(layers: Sequence[int]) -> str:
     if len(layers) == 1:
         return f"layer {layers[0]}"
-    return "layers " + ", ".join(str(x) for x in layers[:-1]) + f" and {layers[-1]}"
+    return "layers " + _and([str(x) for x in layers])
 
 
-def mode_list(f: Any) -> str:
-    """"'animals' (45%), 'code' (30%)" from a polysemantic finding's claim (labels as the claim quotes them)."""
-    claim = f.claim
-    start = claim.find("modes: ")
-    text = claim[start + len("modes: "):].rstrip(".") if start >= 0 else ""
-    return text
+def mode_list(f: Finding) -> str:
+    """``'“animals” (45%) and “code” (30%)'`` from a verdict finding's typed labels (a share in words that the
+    label already says, such as 'found through the probes', is not said twice)."""
+    ref = f.subject
+    parts = []
+    for i in f.mode_indices(ref):
+        label, share = f.text("mode", neuron=ref, mode=i), f.text("share_text", neuron=ref, mode=i)
+        parts.append(f"“{label}”" if share in label else f"“{label}” ({share})")
+    return _and(parts)
+
+
+def _where(f: Finding) -> str:
+    """``'layer 6'`` for a layer-level finding (its site's name when the site is not a numbered layer)."""
+    layers = sorted({q.layer for q in f.quantities if q.layer is not None})
+    if layers:
+        return layer_phrase(layers)
+    sites = f.texts("site")
+    return sites[0] if sites else "the layer"
+
+
+def _score(f: Finding) -> float:
+    return f.value("score", default=0.0)
+
+
+def _stats(f: Finding) -> str:
+    """``'score 0.81, p = 0.005'``."""
+    return f"score {f.value('score'):.2f}, p = {_num(f.value('p_value'))}"
+
+
+def _capture_sentence(findings: Sequence[Finding], layers: Sequence[int]) -> list[str]:
+    capture = [f for f in findings if f.kind == "run" and f.has("n_tokens") and f.has("n_docs")]
+    if not capture:
+        return []
+    c = capture[-1]
+    where = f" at {layer_phrase(layers)}" if layers else ""
+    return [f"We profiled {plural(c.value('n_tokens'), 'token')} from {plural(c.value('n_docs'), 'document')}"
+            f"{where} [{c.id}]."]
+
+
+def _summary_sentence(s: Finding) -> str:
+    n, n_poly, n_border = (int(s.value(k, default=0)) for k in ("n_analysed", "n_polysemantic", "n_borderline"))
+    where = _where(s)
+    if n == 1:
+        state = "polysemantic" if n_poly else "borderline" if n_border else "not polysemantic"
+        return f"The single neuron analysed in {where} is {state} [{s.id}]."
+    analysed = f"the {_num(n)} most active neurons analysed"
+    if n_poly == 0 and n_border == 0:
+        return f"None of {analysed} in {where} is polysemantic [{s.id}]."
+    if n_poly == 0:
+        verb = _is(n_border)
+        return f"Of {analysed} in {where}, none is polysemantic and {_num(n_border)} {verb} borderline [{s.id}]."
+    verb = _is(n_poly)
+    border = f" and {_num(n_border)} borderline" if n_border else ""
+    return f"Of {analysed} in {where}, {_num(n_poly)} {verb} polysemantic{border} [{s.id}]."
+
+
+def _strongest_sentence(poly: Sequence[Finding]) -> list[str]:
+    """The best detected neuron and its modes (nothing when none was detected: the summary said so)."""
+    if not poly:
+        return []
+    top = poly[0]
+    return [f"The strongest case is {top.subject} ({_stats(top)}), whose {plural(top.value('n_modes'), 'mode')} "
+            f"{_is(top.value('n_modes'))} {mode_list(top)} [{top.id}]."]
+
+
+def _verdict_sentences(poly: Sequence[Finding], others: Sequence[Finding], top_n: int) -> list[str]:
+    out = [f"{f.subject} ({_stats(f)}) has {plural(f.value('n_modes'), 'mode')}: {mode_list(f)} [{f.id}]."
+           for f in poly[1:top_n]]
+    borderline = [f for f in others if f.verdict == "borderline"]
+    if borderline:
+        listed = _and([f"{f.subject} ({_stats(f)}) [{f.id}]" for f in borderline])
+        it, verb = ("it", "is") if len(borderline) == 1 else ("them", "are")
+        out.append(f"{listed} {verb} borderline: at this sample size the test can call {it} neither polysemantic "
+                   "nor clean.")
+    out += [f"{f.subject} does not pass the test ({_stats(f)}) [{f.id}]." for f in others
+            if f.verdict == "not detected"]
+    return out
+
+
+def _layer_sentences(findings: Sequence[Finding], several: bool) -> list[str]:
+    out: list[str] = []
+    for f in [f for f in findings if f.kind == "top_neurons"][:2]:
+        parts = [f"{r} (max {_num(f.value('max', neuron=r))})" for r in f.neurons[:3] if f.has("max", neuron=r)]
+        of = f" of {_where(f)}" if several and _where(f) != "the layer" else ""
+        if parts:
+            out.append(f"The most strongly activating neurons{of} are {_and(parts)} [{f.id}].")
+    for f in [f for f in findings if f.kind == "layer_summary"]:
+        dead, dense = int(f.value("n_dead")), int(f.value("n_dense"))
+        dead_text = "no neuron is dead" if dead == 0 else f"{plural(dead, 'neuron')} {_is(dead)} dead"
+        dense_text = "none is dense" if dense == 0 else f"{_num(dense)} {_is(dense)} dense"
+        out.append(f"In {_where(f)}, {dead_text} and {dense_text}; on average a neuron is active on "
+                   f"{f.value('mean_frac_active'):.1%} of tokens [{f.id}].")
+    logit = [f for f in findings if f.kind == "logit_effects" and f.subject][:4]
+    if logit:
+        verbs = "promotes and suppresses" if len(logit) == 1 else "promote and suppress"
+        out.append(f"The tokens {_and([str(f.subject) for f in logit])} most {verbs} through the unembedding are "
+                   f"listed under Other notable neurons [{', '.join(f.id for f in logit)}].")
+    return out
 
 
 def scripted_narrative(facts: TurnFacts) -> str:
-    findings = list(facts.findings)
-    by_kind: dict[str, list[Any]] = {}
-    for f in findings:
-        by_kind.setdefault(f.kind, []).append(f)
+    """The report's summary from the findings alone: what was profiled, how many neurons are polysemantic (and
+    borderline), the strongest case and its modes, the other cases, then the layer's statistics."""
+    findings: list[Finding] = list(facts.findings)
     plan = facts.plan
-    paragraphs: list[str] = []
-    first: list[str] = []
-    capture = [f for f in by_kind.get("run", []) if "n_tokens" in f.numbers]
-    if capture:
-        c = capture[-1]
-        first.append(f"We profiled {_num(c.numbers['n_tokens'])} tokens from {_num(c.numbers['n_docs'])} documents "
-                     f"at {layer_phrase(plan.layers)} of the model [{c.id}].")
-    for s in by_kind.get("polysemantic_summary", []):
-        n_poly = int(s.numbers["n_polysemantic"])
-        label = s.claim.split(" in ", 1)[1].split(",", 1)[0] if " in " in s.claim else "the layer"
-        verb = "is" if n_poly == 1 else "are"
-        first.append(f"Of the {_num(s.numbers['n_analysed'])} most active neurons analysed in {label}, {n_poly} "
-                     f"{verb} polysemantic [{s.id}].")
-    poly = sorted(by_kind.get("polysemantic", []), key=lambda f: -f.numbers.get("score", 0.0))
-    if poly:
-        top = poly[0]
-        ref = top.neurons[0]
-        n = top.numbers
-        first.append(f"The strongest case is {ref} (score {n['score']:.2f}, p = {_num(n['p_value'])}, "
-                     f"z = {n['z_score']:.2f}), whose {int(n['n_modes'])} modes are {mode_list(top)} [{top.id}].")
-    elif by_kind.get("polysemantic_summary"):
-        first.append("None of the analysed neurons passed the polysemanticity test on this corpus.")
-    if first:
-        paragraphs.append(" ".join(first))
-    second: list[str] = []
+    layers = list(plan.layers) if plan is not None else sorted({x for f in findings for x in f.layers()})
     top_n = plan.top_n if plan is not None else 5
-    for f in poly[1:top_n]:
-        n = f.numbers
-        second.append(f"{f.neurons[0]} (score {n['score']:.2f}, p = {_num(n['p_value'])}) has "
-                      f"{int(n['n_modes'])} modes: {mode_list(f)} [{f.id}].")
-    for f in by_kind.get("neuron_verdict", []):
-        n = f.numbers
-        second.append(f"{f.neurons[0]} does not pass the test (score {n['score']:.2f}, p = {_num(n['p_value'])}) "
-                      f"[{f.id}].")
-    if second:
-        paragraphs.append(" ".join(second))
-    third: list[str] = []
-    for f in by_kind.get("top_neurons", [])[:2]:
-        refs = f.neurons[:3]
-        parts = [f"{r} (max {_num(f.numbers[f'{r} max'])})" for r in refs if f"{r} max" in f.numbers]
-        if parts:
-            third.append("The most strongly activating neurons are " + ", ".join(parts) + f" [{f.id}].")
-    for f in by_kind.get("layer_summary", []):
-        n = f.numbers
-        where = f.claim.split(":", 1)[0].replace("Layer ", "")
-        third.append(f"In {where}, {int(n['n_dead'])} neurons are dead and {int(n['n_dense'])} dense, and a "
-                     f"neuron is active on {n['mean_frac_active']:.1%} of tokens on average [{f.id}].")
-    logit = by_kind.get("logit_effects", [])
-    if logit:
-        third.append(f"The tokens the strongest neurons promote and suppress are listed below "
-                     f"[{', '.join(f.id for f in logit[:4])}].")
-    if third:
-        paragraphs.append(" ".join(third))
+    summaries = [f for f in findings if f.kind == "polysemantic_summary"]
+    poly = sorted((f for f in findings if f.kind == "polysemantic"), key=lambda f: -_score(f))
+    others = sorted((f for f in findings if f.kind == "neuron_verdict"), key=lambda f: -_score(f))
+    first = _capture_sentence(findings, layers) + [_summary_sentence(s) for s in summaries]
+    first += _strongest_sentence(poly)
+    paragraphs = [" ".join(part) for part in (first, _verdict_sentences(poly, others, top_n),
+                                               _layer_sentences(findings, several=len(layers) > 1)) if part]
     return "\n\n".join(paragraphs) or "No analysis produced findings."
 
 

@@ -68,7 +68,8 @@ class WorkbenchSettings(BaseSettings):
     detector_n_null: int | None = Field(default=None, ge=10, le=5000, description="random context sets for the "
                                         "detector's p-value (None: the library's default)")
     detector_ablation: bool = Field(default=True, description="measure each mode's loss change under ablation")
-    embedder: Literal["minilm", "hidden"] = Field(default="minilm", description="context embedder of the detector")
+    embedder: Literal["auto", "subject", "minilm", "hidden"] = Field(
+        default="auto", description="context embedder of the detector (auto: the subject model's own reading)")
     device: str = Field(default="cpu", description="cpu, cuda, cuda:N or auto")
     torch_threads: int | None = Field(default=None, ge=1, le=256, description="torch intra-op threads for model "
                                       "work; None: 1 on machines with at most 2 cores, else torch's default")

@@ -20,6 +20,7 @@ from typing import Any
 
 from agents.plan import REFINABLE, Plan
 from tools import fence
+from tools.findings import Finding
 
 __all__ = ["planner_task", "capturer_task", "analyst_task", "visualizer_task", "critic_task", "findings_block",
            "key_findings", "PREFILL"]
@@ -31,20 +32,25 @@ def _error(error: str) -> str:
     return f"\n\nYour previous try failed: {error}\nFix this and try again." if error else ""
 
 
-def findings_block(findings: Sequence[Any], limit: int = 40) -> str:
+def _quantities(f: Finding, limit: int = 12) -> str:
+    """``'score=0.8149 (L6/N12), share=0.45 (L6/N12 mode 1)'``: each number with what it is of."""
+    return ", ".join(f"{q.name}={q.value:.4g} ({q.where})" for q in f.quantities[:limit])
+
+
+def findings_block(findings: Sequence[Finding], limit: int = 40) -> str:
     lines = []
     for f in list(findings)[:limit]:
-        nums = ", ".join(f"{k}={v:.4g}" for k, v in list(f.numbers.items())[:12])
-        lines.append(f"[{f.id}] ({f.kind}) {fence(f.claim, 400)} numbers: {nums}")
+        verdict = f" verdict: {f.verdict};" if f.verdict else ""
+        lines.append(f"[{f.id}] ({f.kind}) {fence(f.claim, 400)}{verdict} numbers: {_quantities(f)}")
     if len(findings) > limit:
         lines.append(f"... and {len(findings) - limit} more (read_findings)")
     return "\n".join(lines) or "(no findings yet)"
 
 
-def key_findings(findings: Sequence[Any], limit: int = 6) -> list[Any]:
+def key_findings(findings: Sequence[Finding], limit: int = 6) -> list[Finding]:
     """The few findings a small model can write about: the polysemantic ones (best first), then the summaries."""
     poly = sorted((f for f in findings if f.kind in ("polysemantic", "neuron_verdict")),
-                  key=lambda f: -f.numbers.get("score", 0.0))
+                  key=lambda f: -f.value("score", default=0.0))
     rest = [f for f in findings if f.kind in ("polysemantic_summary", "top_neurons", "layer_summary")]
     return (poly[:3] + rest)[:limit]
 
@@ -69,8 +75,9 @@ def capturer_task(plan: Plan, error: str = "") -> str:
             f"{plan.max_tokens}." + _error(error))
 
 
-def analyst_task(plan: Plan, findings: Sequence[Any], *, tool_calling: bool, draft: str = "", feedback: str = "",
-                 error: str = "", prefill: str = "") -> str:
+def analyst_task(plan: Plan, findings: Sequence[Finding], *, tool_calling: bool, draft: str = "",
+                 feedback: str = "", error: str = "", prefill: str = "", summary: str = "") -> str:
+    """``summary``: for a prose-only model, the deterministic narrative it may add a sentence or two to."""
     if tool_calling:
         steps = [f"neuron_stats(layer={layer}) and detect_polysemantic(layer={layer}, max_neurons="
                  f"{plan.max_neurons}, top_n={plan.top_n}" + (
@@ -82,6 +89,12 @@ def analyst_task(plan: Plan, findings: Sequence[Any], *, tool_calling: bool, dra
         if draft or feedback:
             head = (f"Plan: {_plan_json(plan)}\nThe analyses are done. Findings so far:\n{findings_block(findings)}\n"
                     "Revise your narrative.")
+    elif summary:
+        head = (f"Findings of an investigation of {plan.model} (every number you may use is here):\n"
+                f"{findings_block(key_findings(findings))}\n\nThe report's summary, written from these findings:\n"
+                f"{fence(summary, 3000)}\n\nAdd one or two sentences to it: what the strongest neuron's modes have "
+                "in common or how they differ. Do not repeat the summary. A sentence that states a number names its "
+                "neuron (like L6/N12) or cites its finding (like [F003]), and the number is that neuron's.")
     else:
         head = (f"Findings of an investigation of {plan.model} (every number you may use is here):\n"
                 f"{findings_block(key_findings(findings))}\n\nWrite a short paragraph (three sentences) for the "
@@ -97,14 +110,14 @@ def analyst_task(plan: Plan, findings: Sequence[Any], *, tool_calling: bool, dra
     return head + tail
 
 
-def visualizer_task(plan: Plan, findings: Sequence[Any], error: str = "") -> str:
-    poly = [f.neurons[0] for f in findings if f.kind == "polysemantic" and f.neurons]
+def visualizer_task(plan: Plan, findings: Sequence[Finding], error: str = "") -> str:
+    poly = [f.subject for f in findings if f.kind == "polysemantic" and f.subject]
     logit = any(f.kind == "logit_effects" for f in findings)
     return (f"Plan: {_plan_json(plan)}\nPolysemantic neurons (best first): {', '.join(poly[:10]) or 'none'}\n"
             f"Logit effects computed: {'yes' if logit else 'no'}\nMake the figures and the dashboard." + _error(error))
 
 
-def critic_task(draft: str, check_feedback: str, findings: Sequence[Any], error: str = "", prefill: str = "",
+def critic_task(draft: str, check_feedback: str, findings: Sequence[Finding], error: str = "", prefill: str = "",
                 brief: bool = False) -> str:
     """``brief``: without the findings list (for small prose-only models, which only comment on the check)."""
     listing = "" if brief else f"\n\nFindings:\n{findings_block(findings, limit=25)}"

@@ -41,7 +41,7 @@ def main() -> None:
     from scipy.stats import false_discovery_control
 
     lm = load_model("smollm2-135m", device="cpu")  # a private copy: planting writes into the weights
-    truth = plant(lm, layer=LAYER, n_or=8, n_single=12)
+    truth = plant(lm, layer=LAYER, n_or=8, n_single=12, n_lexical=5)
     interface = ModelInterface(lm)
     held_out = [e.text for p in load_probes().values() for e in p.held_out]
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def main() -> None:
           f"(first {args.docs} built-in documents + {len(held_out)} held-out probe sentences); "
           f"{len(results)} neurons analysed; n_null {cfg.n_null}; profile {profile_s:.0f} s, detection "
           f"{detect_s:.0f} s\n")
-    print("| neuron | planted concepts | score | rank of 1,536 | p | detected | BH q | concepts among the modes |")
+    print("| neuron | planted concepts | score | rank of 1,536 | p | verdict | BH q | concepts among the modes |")
     print("|---:|---|---:|---:|---:|---|---:|---|")
     recovered = 0
     for n, concepts in truth.neurons.items():
@@ -77,7 +77,7 @@ def main() -> None:
         both = set(concepts) <= set(found)
         recovered += len(concepts) == 2 and both
         print(f"| {n} | {' + '.join(concepts)} | {r.score:.3f} | {rank[n]} | {r.p_value:.3f} | "
-              f"{'yes' if n in detected else 'no'} | {q[n]:.3f} | {', '.join(found) or '-'} |")
+              f"{r.verdict} | {q[n]:.3f} | {', '.join(found) or '-'} |")
     or_n, single_n = truth.or_neurons, truth.single_neurons
     value = auc([by_neuron[n].score for n in or_n], [by_neuron[n].score for n in single_n])
     real = [r for r in results if r.neuron not in truth.neurons]
@@ -88,7 +88,11 @@ def main() -> None:
           f"{len(single_n)}")
     print(f"- OR neurons' ranks among all {len(results)}: {sorted(rank[n] for n in or_n)}; real neurons scoring "
           f"above the weakest OR neuron: {sum(r.score > min(by_neuron[n].score for n in or_n) for r in real)}")
-    print(f"- detected in the layer: {len(detected)} (p < {cfg.alpha}, score >= {cfg.min_score}, >= 2 modes); with a "
+    print(f"- modes per single-concept neuron: {np.mean([by_neuron[n].n_modes for n in single_n]):.2f} (goal <= 1.3); "
+          f"OR neurons borderline: {sum(by_neuron[n].verdict == 'borderline' for n in or_n)}")
+    borderline = sum(r.verdict == "borderline" for r in results)
+    print(f"- detected in the layer: {len(detected)}, borderline {borderline} (score >= {cfg.min_score}, >= 2 modes, "
+          f"the p-value's 95 % interval below / around {cfg.alpha}); with a "
           f"Benjamini-Hochberg cut at q < {cfg.alpha} instead: {len(bh)}, keeping {len(bh & set(or_n))} of the "
           f"{len(or_n)} OR neurons")
 

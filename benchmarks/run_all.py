@@ -64,7 +64,21 @@ STEPS = [
     Step("detection", "Polysemantic detection over one full layer",
          ["benchmarks/detection_timing.py"],
          ["benchmarks/detection_timing.py", "--max-tokens", "2000"],
-         "SmolLM2-135M-Instruct, one layer (1,536 neurons), the built-in corpus, MiniLM embedder, split by stage."),
+         "SmolLM2-135M-Instruct, one layer (1,536 neurons), the built-in corpus, the default embedder (the subject "
+         "model's reading plus MiniLM's window view) split by stage, and MiniLM alone as the baseline in the same "
+         "process."),
+    Step("labelled-neurons", "The detector against blind labels of real neurons",
+         ["benchmarks/labelled_neurons/evaluate.py"],
+         ["benchmarks/labelled_neurons/evaluate.py"],
+         "250 SmolLM2 neurons drawn at random (200 from layers 3, 9, 15, 21; 50 held out from layer 6), each "
+         "labelled MONO, POLY or UNCLEAR by three blind annotators from benchmarks/labelled_neurons/RUBRIC.md and "
+         "the sheets alone; the detector with its defaults on the same profile (the default investigation's: "
+         "20,000 tokens of the built-in corpus)."),
+    Step("detection-seeds", "Does the verdict move with the seed?",
+         ["benchmarks/detection_seeds.py"],
+         ["benchmarks/detection_seeds.py", "--max-tokens", "3000", "--seeds", "0,1"],
+         "One full SmolLM2 layer, the detector's defaults, seeds 0-4: how much the detected set changes between "
+         "two seeds (goal: at most 5 %)."),
     Step("detection-planted", "Planted neurons among a whole real layer",
          ["benchmarks/detection_planted.py"],
          ["benchmarks/detection_planted.py", "--docs", "100", "--n-null", "20"],

@@ -31,9 +31,10 @@ from tools._base import (
     tool_names,
 )
 from tools.claims import ClaimCheck, ClaimIssue, check_claims, remove_sentences
-from tools.findings import Finding, FindingsDocument, FindingStore
+from tools.findings import Finding, FindingsDocument, FindingStore, Label, Quantity
 from tools.report import ReportInput, write_report
 
 __all__ = ["DATA_CLOSE", "DATA_OPEN", "TOOLS", "ClaimCheck", "ClaimIssue", "Finding", "FindingStore",
-           "FindingsDocument", "ReportInput", "ToolCallRecord", "ToolContext", "ToolError", "ToolOutcome", "ToolSpec",
-           "call_tool", "check_claims", "fence", "remove_sentences", "tool_names", "write_report"]
+           "FindingsDocument", "Label", "Quantity", "ReportInput", "ToolCallRecord", "ToolContext", "ToolError",
+           "ToolOutcome", "ToolSpec", "call_tool", "check_claims", "fence", "remove_sentences", "tool_names",
+           "write_report"]

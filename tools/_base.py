@@ -128,7 +128,7 @@ class ToolContext:
 
     run: RunFolder
     device: str = "cpu"
-    embedder: str = "minilm"
+    embedder: str = "auto"
     seed: int = 0
     n_null: int | None = None  # the detector's random context sets (None: the library's default)
     ablation: bool = True  # the detector measures each mode's loss change under zero-ablation

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from neuron_core.errors import InputError
 from neuron_core.store import atomic_dir
 from tools._base import StrictArgs, ToolContext, register
-from tools.neurons import parse_ref, site_ref
+from tools.neurons import parse_ref, site_label, site_ref
 from tools.polysemantic import load_detections
 
 __all__ = ["FigureArgs", "FigureResult", "DashboardArgs", "DashboardResult", "FIGURE_KINDS"]
@@ -50,7 +50,7 @@ class FigureResult(BaseModel):
 
 def _polysemantic(ctx: ToolContext, site: str | None = None) -> list[Any]:
     """Detected polysemantic verdicts (by score), of one site or all."""
-    ids = {(f.neurons[0]) for f in ctx.findings.by_kind("polysemantic") if f.neurons}
+    ids = {f.subject for f in ctx.findings.by_kind("polysemantic")}
     out = [v for s, verdicts in load_detections(ctx).items() if site in (None, s) for v in verdicts if v.ref in ids]
     return sorted(out, key=lambda v: -v.score)
 
@@ -77,7 +77,7 @@ def make_figure(ctx: ToolContext, args: FigureArgs) -> FigureResult:
         raise InputError(f"a {kind} figure needs neuron='L6/N12'")
     site = prof[args.layer].name if args.layer is not None else (prof.site_names[0] if len(prof.site_names) == 1
                                                                   else None)
-    label = site_ref(site, 0).split("/")[0] if site else "all"
+    label = site_label(site) if site else "all"
     if kind == "heatmap":
         fig = viz.plot_heatmap(site)
         name, caption = f"heatmap_{label}", f"Activation statistics of the neurons of {label} over the corpus."

@@ -20,9 +20,11 @@ from pydantic import BaseModel, Field
 
 from neuron_core.errors import InputError
 from tools._base import StrictArgs, ToolContext, fence, register
+from tools.findings import FindingStore, Label, Quantity, quantities_of
 
 __all__ = ["NeuronStatsArgs", "LayerStats", "NeuronRow", "ExamplesArgs", "NeuronExamples", "ExampleView",
-           "TokenAnalysisArgs", "TokenAnalysis", "LogitEffectsArgs", "LogitEffectsResult", "site_ref", "parse_ref"]
+           "TokenAnalysisArgs", "TokenAnalysis", "LogitEffectsArgs", "LogitEffectsResult", "site_ref", "parse_ref",
+           "site_label", "site_layer", "record_layer_stats", "record_logit_effects"]
 
 
 def site_ref(site: str, neuron: int) -> str:
@@ -30,6 +32,20 @@ def site_ref(site: str, neuron: int) -> str:
     from neuron_core.viz import neuron_ref
 
     return neuron_ref(site, neuron)
+
+
+def site_label(site: str) -> str:
+    """``'blocks.6.mlp.hook_post'`` -> ``'L6'`` (other site names as they are)."""
+    from neuron_core.viz._types import site_label as label
+
+    return label(site)
+
+
+def site_layer(site: str) -> int | None:
+    """``'blocks.6.mlp.hook_post'`` -> 6; None for a site that is not a numbered layer."""
+    from neuron_core.viz._types import layer_index
+
+    return layer_index(site)
 
 
 def parse_ref(ctx: ToolContext, ref: str) -> tuple[str, int]:
@@ -95,26 +111,37 @@ def neuron_stats(ctx: ToolContext, args: NeuronStatsArgs) -> LayerStats:
     top = rows.sort_values("max", ascending=False).head(args.top)
     top_rows = [NeuronRow(ref=site_ref(site, int(r.neuron)), max=_r(r.max), mean=_r(r.mean),
                           frac_active=_r(r.frac_active)) for r in top.itertuples()]
-    label = site_ref(site, 0).split("/")[0]
     artifact = "tables/neuron_stats.parquet"
-    ids = [ctx.findings.add(
-        kind="layer_summary", artifact=artifact, source="neuron_stats",
-        claim=f"Layer {label}: {n} neurons, {flags['dead']} dead, {flags['dense']} dense, {flags['outlier']} "
-              f"outliers; on average a neuron is active on {mean_frac:.1%} of tokens.",
-        numbers={"n_neurons": n, "n_dead": flags["dead"], "n_dense": flags["dense"], "n_outlier": flags["outlier"],
-                 "mean_frac_active": mean_frac})]
-    if top_rows:
-        ids.append(ctx.findings.add(
-            kind="top_neurons", artifact=artifact, source="neuron_stats", neurons=[r.ref for r in top_rows],
-            claim="The most strongly activating neurons of " + label + ": "
-                  + ", ".join(f"{r.ref} (max {r.max:.3g})" for r in top_rows) + ".",
-            numbers={f"{r.ref} max": r.max for r in top_rows} | {f"{r.ref} frac_active": r.frac_active
-                                                                   for r in top_rows}))
+    ids = record_layer_stats(ctx.findings, site, n_neurons=n, flags=flags, mean_frac_active=mean_frac,
+                             top_rows=top_rows, artifact=artifact)
+    label = site_label(site)
     return LayerStats(site=site, n_neurons=n, n_dead=flags["dead"], n_dense=flags["dense"],
                       n_outlier=flags["outlier"], mean_frac_active=_r(mean_frac), top_by_max=top_rows,
                       artifact=artifact, finding_ids=ids,
                       headline=f"{label}: {n} neurons, {flags['dead']} dead, {flags['dense']} dense; top "
                                + ", ".join(r.ref for r in top_rows[:3]))
+
+
+def record_layer_stats(store: FindingStore, site: str, *, n_neurons: int, flags: dict[str, int],
+                       mean_frac_active: float, top_rows: list[NeuronRow], artifact: str) -> list[str]:
+    """A layer's statistics as findings: its summary (dead, dense, outliers, mean active fraction) and its most
+    strongly activating neurons. Returns their ids."""
+    label, layer = site_label(site), site_layer(site)
+    ids = [store.add(
+        kind="layer_summary", artifact=artifact, source="neuron_stats",
+        claim=f"Layer {label}: {n_neurons} neurons, {flags['dead']} dead, {flags['dense']} dense, "
+              f"{flags['outlier']} outliers; on average a neuron is active on {mean_frac_active:.1%} of tokens.",
+        quantities=quantities_of({"n_neurons": n_neurons, "n_dead": flags["dead"], "n_dense": flags["dense"],
+                                  "n_outlier": flags["outlier"], "mean_frac_active": mean_frac_active}, layer=layer),
+        labels=[Label(name="site", text=label, layer=layer)])]
+    if top_rows:
+        ids.append(store.add(
+            kind="top_neurons", artifact=artifact, source="neuron_stats", neurons=[r.ref for r in top_rows],
+            claim="The most strongly activating neurons of " + label + ": "
+                  + ", ".join(f"{r.ref} (max {r.max:.3g})" for r in top_rows) + ".",
+            quantities=[q for rank, r in enumerate(top_rows, 1) for q in quantities_of(
+                {"max": r.max, "frac_active": r.frac_active, "rank": rank}, neuron=r.ref)]))
+    return ids
 
 
 class ExamplesArgs(StrictArgs):
@@ -236,13 +263,33 @@ def logit_effects(ctx: ToolContext, args: LogitEffectsArgs) -> LogitEffectsResul
         ref = site_ref(site, int(e.neuron))
         promoted = [(str(t), _r(v)) for t, v in list(e.promoted)[:args.k]]
         suppressed = [(str(t), _r(v)) for t, v in list(e.suppressed)[:args.k]]
-        numbers = {f"promoted {i + 1}": v for i, (_, v) in enumerate(promoted[:3])}
-        numbers |= {f"suppressed {i + 1}": v for i, (_, v) in enumerate(suppressed[:3])}
-        claim = (f"{ref} most promotes " + ", ".join(repr(t) for t, _ in promoted[:3])
-                 + " and most suppresses " + ", ".join(repr(t) for t, _ in suppressed[:3]) + ".")
-        fid = ctx.findings.add(kind="logit_effects", claim=claim, neurons=[ref], numbers=numbers, artifact=artifact,
-                               source="logit_effects")
+        fid = record_logit_effects(ctx.findings, ref, promoted, suppressed, artifact=artifact)
         out.append(NeuronEffects(neuron=ref, promoted=[(fence(t, 40), v) for t, v in promoted],
                                  suppressed=[(fence(t, 40), v) for t, v in suppressed], finding_id=fid))
     return LogitEffectsResult(effects=out, artifact=artifact,
                               headline=f"logit effects of {len(out)} neurons at {site}")
+
+
+def record_logit_effects(store: FindingStore, ref: str, promoted: list[tuple[str, float]],
+                         suppressed: list[tuple[str, float]], *, artifact: str) -> str:
+    """One neuron's strongest logit effects (tokens, strongest first, with their logit changes) as a finding."""
+    claim = (f"{ref} most promotes " + ", ".join(repr(t) for t, _ in promoted[:3])
+             + " and most suppresses " + ", ".join(repr(t) for t, _ in suppressed[:3]) + ".")
+    return store.add(kind="logit_effects", claim=claim, neurons=[ref], artifact=artifact, source="logit_effects",
+                     quantities=_effect_quantities(ref, promoted, suppressed),
+                     labels=_effect_labels(ref, promoted, suppressed))
+
+
+def _effect_quantities(ref: str, promoted: list[tuple[str, float]], suppressed: list[tuple[str, float]]
+                       ) -> list[Quantity]:
+    """The three strongest logit changes each way, strongest first (finite ones)."""
+    return [Quantity(name=name, value=v, neuron=ref) for name, pairs in (("promoted", promoted),
+                                                                         ("suppressed", suppressed))
+            for _, v in pairs[:3] if math.isfinite(v)]
+
+
+def _effect_labels(ref: str, promoted: list[tuple[str, float]], suppressed: list[tuple[str, float]]) -> list[Label]:
+    """The tokens of those changes, in the same order (a token of blanks is shown as '␣')."""
+    return [Label(name=name, text=t[:400] if t.strip() else "␣", neuron=ref)
+            for name, pairs in (("promoted", promoted), ("suppressed", suppressed))
+            for t, v in pairs[:3] if math.isfinite(v)]

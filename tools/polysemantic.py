@@ -19,10 +19,11 @@ from pydantic import BaseModel, Field
 
 from neuron_core.errors import InputError
 from tools._base import StrictArgs, ToolContext, fence, register
-from tools.neurons import parse_ref, site_ref
+from tools.findings import FindingKind, FindingStore, Label, Quantity, Verdict, quantities_of
+from tools.neurons import parse_ref, site_label, site_layer
 
 __all__ = ["DetectArgs", "Detection", "NeuronVerdict", "DescribeArgs", "NeuronModes", "ModeView", "load_detections",
-           "DETECTIONS_FILE"]
+           "record_detection", "record_verdict", "verdict_quantities", "verdict_labels", "DETECTIONS_FILE"]
 
 DETECTIONS_FILE = "tables/detections.json"
 
@@ -42,6 +43,7 @@ class NeuronVerdict(BaseModel):
     p_value: float
     n_modes: int
     modes: list[str] = Field(description="label (share) of each mode")
+    verdict: Verdict
     finding_id: str
 
 
@@ -49,6 +51,7 @@ class Detection(BaseModel):
     site: str
     n_analysed: int
     n_polysemantic: int
+    n_borderline: int = Field(description="neurons the test cannot settle at this sample size")
     neurons: list[NeuronVerdict]
     artifacts: list[str]
     finding_ids: list[str]
@@ -78,18 +81,69 @@ def is_polysemantic(verdict: Any, polysemantic: set[tuple[str, int]]) -> bool:
     return (verdict.site, verdict.neuron) in polysemantic
 
 
-def _mode_numbers(verdict: Any) -> dict[str, float]:
-    """Each mode's share of the sampled mass and, where there is a top band, of the top examples."""
-    numbers: dict[str, float] = {}
+def verdict_quantities(verdict: Any, rank: int | None = None) -> list[Quantity]:
+    """The numbers of one verdict, typed: the neuron's score, p-value, z, modes, separation (and rank among the
+    detected), then per mode its share of the sampled mass, of the top examples, its examples, probe similarity and
+    ablation effect (those measured)."""
+    out = quantities_of({"score": verdict.score, "p_value": verdict.p_value, "z_score": verdict.z_score,
+                         "n_modes": verdict.n_modes, "separation": verdict.separation, "rank": rank},
+                        neuron=verdict.ref)
     for i, m in enumerate(verdict.modes, 1):
-        numbers[f"mode {i} share"] = m.share
-        if m.top_share is not None:
-            numbers[f"mode {i} top_share"] = m.top_share
-    return numbers
+        out += quantities_of({"share": m.share, "top_share": m.top_share, "n_examples": m.n_examples,
+                              "probe_similarity": m.probe_similarity, "effect": m.effect}, neuron=verdict.ref, mode=i)
+    return out
+
+
+def verdict_labels(verdict: Any) -> list[Label]:
+    """Each mode's label and its share in words (what a writer quotes), typed."""
+    out: list[Label] = []
+    for i, m in enumerate(verdict.modes, 1):
+        out.append(Label(name="mode", text=(m.label.strip() or f"mode {i}")[:400], neuron=verdict.ref, mode=i))
+        out.append(Label(name="share_text", text=m.share_text, neuron=verdict.ref, mode=i))
+    return out
 
 
 def _mode_text(verdict: Any) -> str:
     return ", ".join(f"“{m.label}” ({m.share_text})" for m in verdict.modes)
+
+
+def _verdict_claim(v: Any) -> str:
+    numbers = f"score {v.score:.2f}, p = {v.p_value:.3g}"
+    modes = f"{v.n_modes} mode{'s' if v.n_modes != 1 else ''}: {_mode_text(v)}"
+    if v.verdict == "detected":
+        return f"{v.ref} is polysemantic ({numbers}) with {modes}."
+    if v.verdict == "borderline":
+        return f"{v.ref} is borderline: the test cannot settle it at this sample size ({numbers}); {modes}."
+    return f"{v.ref} is not polysemantic by the test ({numbers}); {modes}."
+
+
+def record_verdict(store: FindingStore, verdict: Any, *, artifact: str, rank: int | None = None) -> str:
+    """One neuron's verdict as a finding: ``polysemantic`` when detected, else ``neuron_verdict``."""
+    kind: FindingKind = "polysemantic" if verdict.verdict == "detected" else "neuron_verdict"
+    return store.add(kind=kind, artifact=artifact, source="detect_polysemantic", neurons=[verdict.ref],
+                     quantities=verdict_quantities(verdict, rank), labels=verdict_labels(verdict),
+                     verdict=verdict.verdict, claim=_verdict_claim(verdict))
+
+
+def record_detection(store: FindingStore, site: str, results: Sequence[Any], *, artifact: str,
+                     requested: Sequence[int] = (), max_borderline: int = 5) -> list[str]:
+    """The findings of one layer's detection: the summary, every detected neuron (best first), the strongest
+    ``max_borderline`` borderline ones and the requested neurons' verdicts. Returns their ids."""
+    found = sorted((v for v in results if v.verdict == "detected"), key=lambda v: -v.score)
+    borderline = sorted((v for v in results if v.verdict == "borderline"), key=lambda v: -v.score)
+    label, layer = site_label(site), site_layer(site)
+    n_borderline = f" and {len(borderline)} borderline" if borderline else ""
+    ids = [store.add(
+        kind="polysemantic_summary", artifact=artifact, source="detect_polysemantic",
+        claim=f"Of {len(results)} neurons analysed in {label}, {len(found)} are polysemantic{n_borderline}.",
+        neurons=[v.ref for v in found],
+        quantities=quantities_of({"n_analysed": len(results), "n_polysemantic": len(found),
+                                  "n_borderline": len(borderline)}, layer=layer),
+        labels=[Label(name="site", text=label, layer=layer)])]
+    ids += [record_verdict(store, v, artifact=artifact, rank=rank) for rank, v in enumerate(found, 1)]
+    extra = borderline[:max_borderline] + [v for v in results if v.neuron in requested and v.verdict != "detected"]
+    ids += [record_verdict(store, v, artifact=artifact) for v in extra]  # a neuron in both: one finding
+    return list(dict.fromkeys(ids))
 
 
 @register("detect_polysemantic", "Find polysemantic neurons in a profiled layer: cluster each neuron's strongest "
@@ -112,59 +166,44 @@ def detect_polysemantic(ctx: ToolContext, args: DetectArgs) -> Detection:
         wanted = {site: list(dict.fromkeys([*args.neurons, *order]))}
     det = PolysemanticDetector(prof, interface=interface, embedder=ctx.embedder, config=DetectorConfig(**options),
                                sites=[site], neurons=wanted, seed=ctx.seed)
-    found = det.detect(top_n=None)
+    det.detect(top_n=None)
     ctx.detectors[site] = det
     ctx.detections[site] = list(det.results)
     _save(ctx)
-    scores = det.scores()
+    artifact = _write_scores(ctx, site, det.scores())
+    ids = record_detection(ctx.findings, site, det.results, artifact=artifact, requested=args.neurons or (),
+                           max_borderline=args.top_n)
+    finding_of = {f.subject: f.id for f in ctx.findings.by_kind("polysemantic") if f.id in ids}
+    return _detection(site, det, ids, finding_of, artifact, args.top_n)
+
+
+def _write_scores(ctx: ToolContext, site: str, scores: Any) -> str:
+    """tables/polysemantic.parquet with this site's rows replaced (other layers' rows kept)."""
     artifact = "tables/polysemantic.parquet"
     existing = ctx.run.path_for(artifact)
-    if existing.exists():  # keep other layers' rows
+    if existing.exists():
         import pandas as pd
 
         old = pd.read_parquet(existing)
         scores = pd.concat([old[old["site"] != site], scores], ignore_index=True)
     ctx.run.write_parquet(artifact, scores)
-    label = site_ref(site, 0).split("/")[0]
-    n_analysed = len(det.results)
-    ids = [ctx.findings.add(
-        kind="polysemantic_summary", artifact=artifact, source="detect_polysemantic",
-        claim=f"Of {n_analysed} neurons analysed in {label}, {len(found)} are polysemantic.",
-        neurons=[v.ref for v in found],
-        numbers={"n_analysed": n_analysed, "n_polysemantic": len(found)})]
-    verdicts: list[NeuronVerdict] = []
-    for rank, v in enumerate(found):
-        numbers: dict[str, float] = {"score": v.score, "p_value": v.p_value, "z_score": v.z_score,
-                                     "n_modes": v.n_modes, "separation": v.separation, "rank": rank + 1}
-        numbers |= _mode_numbers(v)
-        for i, mode in enumerate(v.modes, 1):
-            numbers[f"mode {i} n_examples"] = mode.n_examples
-            if mode.probe_similarity is not None:
-                numbers[f"mode {i} probe_similarity"] = mode.probe_similarity
-            if mode.effect is not None:
-                numbers[f"mode {i} effect"] = mode.effect
-        fid = ctx.findings.add(
-            kind="polysemantic", artifact=artifact, source="detect_polysemantic", neurons=[v.ref], numbers=numbers,
-            claim=f"{v.ref} is polysemantic (score {v.score:.2f}, p = {v.p_value:.3g}) with {v.n_modes} modes: "
-                  f"{_mode_text(v)}.")
-        ids.append(fid)
-        if rank < args.top_n:
-            verdicts.append(NeuronVerdict(neuron=v.ref, score=round(v.score, 4), p_value=round(v.p_value, 4),
-                                          n_modes=v.n_modes, finding_id=fid,
-                                          modes=[f"{fence(m.label, 60)} ({m.share_text})" for m in v.modes]))
-    poly = {(v.site, v.neuron) for v in found}
-    for v in det.results:
-        if args.neurons and v.neuron in args.neurons and (v.site, v.neuron) not in poly:
-            ids.append(ctx.findings.add(
-                kind="neuron_verdict", artifact=artifact, source="detect_polysemantic", neurons=[v.ref],
-                numbers={"score": v.score, "p_value": v.p_value, "z_score": v.z_score, "n_modes": v.n_modes,
-                         "separation": v.separation} | _mode_numbers(v),
-                claim=f"{v.ref} is not polysemantic by the test (score {v.score:.2f}, p = {v.p_value:.3g}); "
-                      f"{v.n_modes} mode(s): {_mode_text(v)}."))
+    return artifact
+
+
+def _detection(site: str, det: Any, ids: list[str], finding_of: dict[str | None, str], artifact: str,
+               top_n: int) -> Detection:
+    found = sorted((v for v in det.results if v.verdict == "detected"), key=lambda v: -v.score)
+    n_borderline = sum(v.verdict == "borderline" for v in det.results)
+    verdicts = [NeuronVerdict(neuron=v.ref, score=round(v.score, 4), p_value=round(v.p_value, 4),
+                              n_modes=v.n_modes, finding_id=finding_of[v.ref], verdict=v.verdict,
+                              modes=[f"{fence(m.label, 60)} ({m.share_text})" for m in v.modes])
+                for v in found[:top_n]]
     timings = {k: round(float(t), 3) for k, t in dict(getattr(det, "timings", {}) or {}).items()}
-    return Detection(site=site, n_analysed=n_analysed, n_polysemantic=len(found), neurons=verdicts,
-                     artifacts=[artifact, DETECTIONS_FILE], finding_ids=ids, seconds=timings,
-                     headline=f"{len(found)} of {n_analysed} neurons in {label} are polysemantic"
+    label = site_label(site)
+    return Detection(site=site, n_analysed=len(det.results), n_polysemantic=len(found), n_borderline=n_borderline,
+                     neurons=verdicts, artifacts=[artifact, DETECTIONS_FILE], finding_ids=ids, seconds=timings,
+                     headline=f"{len(found)} of {len(det.results)} neurons in {label} are polysemantic"
+                              + (f", {n_borderline} borderline" if n_borderline else "")
                               + (f"; top: {found[0].ref} (score {found[0].score:.2f})" if found else ""))
 
 
@@ -192,6 +231,7 @@ class NeuronModes(BaseModel):
     z_score: float
     separation: float
     n_modes: int
+    verdict: Verdict
     modes: list[ModeView]
     summary: str
     headline: str
@@ -220,5 +260,6 @@ def describe_neuron(ctx: ToolContext, args: DescribeArgs) -> NeuronModes:
              for m in verdict.modes]
     return NeuronModes(neuron=verdict.ref, score=round(verdict.score, 4), p_value=round(verdict.p_value, 4),
                        z_score=round(verdict.z_score, 3), separation=round(verdict.separation, 4),
-                       n_modes=verdict.n_modes, modes=modes, summary=fence(verdict.summary, 600),
+                       n_modes=verdict.n_modes, verdict=verdict.verdict, modes=modes,
+                       summary=fence(verdict.summary, 600),
                        headline=f"{verdict.ref}: {verdict.n_modes} modes, score {verdict.score:.2f}")

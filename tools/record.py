@@ -2,7 +2,8 @@
 
 Usage::
 
-    call_tool(ctx, "record_finding", {"claim": "...", "neurons": ["L6/N12"], "numbers": {"max": 4.2},
+    call_tool(ctx, "record_finding", {"claim": "...", "neurons": ["L6/N12"],
+                                      "quantities": [{"name": "max", "value": 4.2, "neuron": "L6/N12"}],
                                       "artifact": "tables/neuron_stats.parquet"})      # -> Recorded
     call_tool(ctx, "read_findings", {"neuron": "L6/N12"})                               # -> FindingList
     call_tool(ctx, "check_claims", {"text": draft})                                     # -> ClaimCheck
@@ -17,7 +18,7 @@ from pydantic import BaseModel, Field
 from neuron_core.errors import InputError
 from tools._base import StrictArgs, ToolContext, fence, register
 from tools.claims import ClaimCheck, check_claims
-from tools.findings import artifact_numbers, normalise_ref
+from tools.findings import Label, Quantity, Verdict, artifact_numbers, normalise_ref
 
 __all__ = ["RecordArgs", "Recorded", "ReadArgs", "FindingList", "FindingView", "CheckArgs"]
 
@@ -25,7 +26,8 @@ __all__ = ["RecordArgs", "Recorded", "ReadArgs", "FindingList", "FindingView", "
 class RecordArgs(StrictArgs):
     claim: str = Field(min_length=5, max_length=600)
     neurons: list[str] = Field(default_factory=list, max_length=20)
-    numbers: dict[str, float] = Field(default_factory=dict, max_length=30)
+    quantities: list[Quantity] = Field(default_factory=list, max_length=30, description="the numbers behind the "
+                                       "claim: name (score, max, share, ...), value, and the neuron / mode it is of")
     artifact: str = Field(min_length=1, max_length=300, description="file in the run folder holding the numbers")
 
 
@@ -39,22 +41,23 @@ class Recorded(BaseModel):
           RecordArgs, Recorded)
 def record_finding(ctx: ToolContext, args: RecordArgs) -> Recorded:
     path = ctx.run.path_for(args.artifact)
-    held = artifact_numbers(path) if args.numbers else []
+    held = artifact_numbers(path) if args.quantities else []
     missing = []
-    for name, value in args.numbers.items():
-        if not any(abs(v - value) <= 1e-4 * max(1.0, abs(v)) for v in held if math.isfinite(v)):
-            missing.append(f"{name}={value}")
+    for q in args.quantities:
+        if not any(abs(v - q.value) <= 1e-4 * max(1.0, abs(v)) for v in held if math.isfinite(v)):
+            missing.append(f"{q.name}={q.value}")
     if missing:
         raise InputError(f"these numbers do not occur in {args.artifact}: {', '.join(missing)}")
     known = ctx.findings.neuron_refs()
-    refs = [normalise_ref(r) for r in args.neurons]
+    refs = list(dict.fromkeys([normalise_ref(r) for r in args.neurons]
+                              + [q.neuron for q in args.quantities if q.neuron is not None]))
     unknown = [r for r in refs if r not in known]
     if unknown and ctx.profile is not None:
         from tools.neurons import parse_ref
 
         for ref in unknown:
             parse_ref(ctx, ref)  # in range for the model and the profile
-    fid = ctx.findings.add(kind="note", claim=args.claim, neurons=refs, numbers=dict(args.numbers),
+    fid = ctx.findings.add(kind="note", claim=args.claim, neurons=refs, quantities=list(args.quantities),
                            artifact=args.artifact, source="record_finding")
     return Recorded(finding_id=fid, headline=f"recorded {fid}")
 
@@ -70,7 +73,10 @@ class FindingView(BaseModel):
     kind: str
     claim: str
     neurons: list[str]
-    numbers: dict[str, float]
+    quantities: list[Quantity]
+    labels: list[Label] = Field(description="texts behind the claim (mode labels, tokens), quoted between <data> "
+                                "markers")
+    verdict: Verdict | None
 
 
 class FindingList(BaseModel):
@@ -89,7 +95,9 @@ def read_findings(ctx: ToolContext, args: ReadArgs) -> FindingList:
         ref = normalise_ref(args.neuron)
         items = [f for f in items if ref in f.neurons]
     shown = [FindingView(id=f.id, kind=f.kind, claim=fence(f.claim, 500), neurons=f.neurons,
-                         numbers={k: round(v, 6) for k, v in f.numbers.items()}) for f in items[:args.limit]]
+                         quantities=[q.model_copy(update={"value": round(q.value, 6)}) for q in f.quantities],
+                         labels=[x.model_copy(update={"text": fence(x.text, 80)}) for x in f.labels],
+                         verdict=f.verdict) for f in items[:args.limit]]
     return FindingList(n_total=len(ctx.findings), findings=shown, headline=f"{len(shown)} of {len(items)} findings")
 
 

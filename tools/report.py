@@ -29,11 +29,20 @@ from tools.polysemantic import load_detections
 __all__ = ["ReportInput", "ReportPaths", "write_report", "render_markdown", "md_escape"]
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+# The marked token of a quoted example sits between these private-use characters, which escaped corpus text never
+# holds: report.md writes them as <b>…</b>, report.html as <strong>…</strong> (Markdown's ** does not embolden a
+# token such as "." between letters, and the HTML renderer lets no raw HTML through).
+_BOLD_OPEN, _BOLD_CLOSE = "\ue000", "\ue001"
+
+
+def _plain(text: str) -> str:
+    """``text`` without the bold markers (only the report's own examples place them)."""
+    return str(text).replace(_BOLD_OPEN, "").replace(_BOLD_CLOSE, "")
 
 
 def md_escape(text: str) -> str:
     """Corpus text as literal Markdown (no emphasis, links, HTML or tables can come out of it)."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(_plain(text).split()))
 
 
 class ReportInput(BaseModel):
@@ -65,9 +74,12 @@ def _example_md(example: Any, width: int = 70) -> str:
         before, token, after = text[:m.start()], m.group(1), text[m.end():]
     else:
         before, token, after = text, str(example.token), ""
-    before = before[-width:]
-    after = after[:width // 2]
-    return f"…{md_escape(before)}**{md_escape(token) or '␣'}**{md_escape(after)}… ({example.value:.3g})"
+    before, after = before[-width:], after[:width // 2]
+    # the token's own leading space (' hours') stays a space in front of the bold word, outside it
+    gap_before = " " if before[-1:].isspace() or token[:1].isspace() else ""
+    gap_after = " " if after[:1].isspace() or token[-1:].isspace() else ""
+    return (f"…{md_escape(before)}{gap_before}{_BOLD_OPEN}{md_escape(token) or '␣'}{_BOLD_CLOSE}{gap_after}"
+            f"{md_escape(after)}… ({example.value:.3g})")
 
 
 def _figures(ctx: ToolContext) -> list[str]:
@@ -81,7 +93,7 @@ def _caption(path: str) -> str:
 
 
 def _polysemantic_section(ctx: ToolContext, top_n: int) -> list[str]:
-    findings = {f.neurons[0]: f for f in ctx.findings.by_kind("polysemantic") if f.neurons}
+    findings = {f.subject: f for f in ctx.findings.by_kind("polysemantic") if f.subject}
     verdicts = [v for items in load_detections(ctx).values() for v in items if v.ref in findings]
     verdicts.sort(key=lambda v: -v.score)
     summaries = ctx.findings.by_kind("polysemantic_summary")
@@ -102,7 +114,7 @@ def _polysemantic_section(ctx: ToolContext, top_n: int) -> list[str]:
                   "| mode | share | contexts | top tokens | probe concept | ablation effect |",
                   "|---|---|---|---|---|---|"]
         for m in v.modes:
-            tokens = ", ".join(f"`{t.strip() or '␣'}`".replace("|", "\\|") for t in m.top_tokens[:6])
+            tokens = ", ".join(f"`{_plain(t).strip() or '␣'}`".replace("|", "\\|") for t in m.top_tokens[:6])
             concept = md_escape(m.probe_concept) if m.probe_concept else "–"
             if m.probe_concept and m.probe_similarity is not None:
                 concept += f" ({m.probe_similarity:.2f})"
@@ -135,13 +147,18 @@ def _notable_section(ctx: ToolContext) -> list[str]:
 
 
 def render_markdown(ctx: ToolContext, inp: ReportInput) -> str:
+    """report.md's text (an example's marked token in <b>…</b>)."""
+    return _markdown(ctx, inp).replace(_BOLD_OPEN, "<b>").replace(_BOLD_CLOSE, "</b>")
+
+
+def _markdown(ctx: ToolContext, inp: ReportInput) -> str:
     title = {"complete": "Investigation", "partial": "Partial investigation", "failed": "Failed investigation"}
     lines = [f"# {title[inp.status]}: {md_escape(inp.request)}", ""]
     status = f"**Status:** {inp.status}"
     if inp.stop_reason:
         status += f" — {md_escape(inp.stop_reason)}"
     lines += [status, "", "## Summary", ""]
-    lines += [inp.narrative.strip() or "_No narrative was written._", ""]
+    lines += [_plain(inp.narrative).strip() or "_No narrative was written._", ""]
     lines += ["## Method", "",
               f"- Model: {md_escape(inp.model)}; layers: {', '.join(str(x) for x in inp.layers)}",
               f"- Corpus: {md_escape(inp.corpus)}",
@@ -169,7 +186,7 @@ def render_markdown(ctx: ToolContext, inp: ReportInput) -> str:
     if inp.status != "complete":
         caveats.insert(0, f"This report is {inp.status}: {inp.stop_reason or 'the run did not finish'}.")
     lines += [f"- {md_escape(c)}" for c in caveats] if caveats else ["- None recorded."]
-    lines += ["", "## Critic's verdict", "", inp.critic.strip() or "_The Critic did not run._", ""]
+    lines += ["", "## Critic's verdict", "", _plain(inp.critic).strip() or "_The Critic did not run._", ""]
     lines += ["## Findings", "", "| id | kind | claim |", "|---|---|---|"]
     for f in ctx.findings.all():
         lines.append(f"| {f.id} | {f.kind} | {md_escape(f.claim)} |")
@@ -190,6 +207,7 @@ def _to_html(ctx: ToolContext, markdown: str, title: str) -> str:
     from markdown_it import MarkdownIt
 
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    body = body.replace(_BOLD_OPEN, "<strong>").replace(_BOLD_CLOSE, "</strong>")
 
     def inline(m: re.Match[str]) -> str:
         rel = _html.unescape(m.group(1))
@@ -209,7 +227,7 @@ def _to_html(ctx: ToolContext, markdown: str, title: str) -> str:
 
 def write_report(ctx: ToolContext, inp: ReportInput) -> ReportPaths:
     """Write report.md and report.html into the run folder (atomically); return their paths."""
-    markdown = render_markdown(ctx, inp)
-    md_path = ctx.run.write_text("report.md", markdown)
-    html_path = ctx.run.write_text("report.html", _to_html(ctx, markdown, f"Report: {inp.request[:80]}"))
+    marked = _markdown(ctx, inp)
+    md_path = ctx.run.write_text("report.md", marked.replace(_BOLD_OPEN, "<b>").replace(_BOLD_CLOSE, "</b>"))
+    html_path = ctx.run.write_text("report.html", _to_html(ctx, marked, f"Report: {inp.request[:80]}"))
     return ReportPaths(markdown=str(md_path), html=str(html_path))

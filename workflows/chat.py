@@ -108,7 +108,7 @@ class ChatSession:
             out = call_tool(self.ctx, "read_findings", {"kind": args[0]} if args else {}, caller="chat")
             if out.ok:
                 for f in out.result.findings:
-                    self.say(f"{f.id} [{f.kind}] {f.claim}")
+                    self.say(f"{f.id} [{f.kind}{', ' + f.verdict if f.verdict else ''}] {f.claim}")
             else:
                 self.say(out.error.line() if out.error else "failed")
         elif name in ("/neuron", "/examples") and args:
@@ -116,7 +116,7 @@ class ChatSession:
                 out = call_tool(self.ctx, "describe_neuron", {"neuron": args[0]}, caller="chat")
                 if out.ok:
                     r = out.result
-                    self.say(f"{r.neuron}: score {r.score:.2f}, p = {r.p_value:.3g}, {r.n_modes} modes")
+                    self.say(f"{r.neuron}: {r.verdict}, score {r.score:.2f}, p = {r.p_value:.3g}, {r.n_modes} modes")
                     for m in r.modes:
                         self.say(f"  {m.label} ({m.share_text}): " + "; ".join(m.examples[:2]))
                     return

@@ -9,7 +9,9 @@ Usage::
 The controller owns the transitions (``workflows.stateflow``); agents propose, it decides. With a tool-calling LLM
 the state's agent calls its own tools and the controller checks what the state must leave behind; with a prose-only
 LLM (local, or a compatible server without tool calls) or the scripted policy, the controller runs the state's tools
-with the plan's arguments and the agent only writes prose. The whole run is bounded by ``asyncio.wait_for`` (never a
+with the plan's arguments and the agent only writes prose: the deterministic writer writes the narrative's facts, and a
+prose-only model may add a sentence or two that pass the findings check and do not repeat (``agents.prose``). The
+whole run is bounded by ``asyncio.wait_for`` (never a
 CancellationToken during a tool call: autogen#7956); budgets stop it cleanly with a partial report.
 
 Exit codes: 0 done, 1 failed, 2 request rejected (impossible, unknown model, bad settings), 3 stopped (a budget ran
@@ -19,7 +21,6 @@ out, or the LLM became unavailable) with a partial report.
 from __future__ import annotations
 
 import asyncio
-import re
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,13 +52,15 @@ from agents import (
     strip_proposal,
     validate_plan,
 )
+from agents.prose import ProseFilter, filter_prose
 from agents.runner import default_torch_threads, set_worker_threads
-from agents.scripted import layer_phrase, mode_list
+from agents.scripted import layer_phrase, plural, scripted_narrative
 from agents.tasks import analyst_task, capturer_task, critic_task, planner_task, visualizer_task
 from neuron_core.store import RunFolder
 from tools import ReportInput, ToolCallRecord, ToolContext, ToolOutcome, call_tool, check_claims, remove_sentences
 from tools.claims import split_sentences
 from tools.figures import FIGURE_KINDS
+from tools.findings import Label, Quantity, quantities_of, ref_parts
 from tools.polysemantic import load_detections
 from workflows.stateflow import Budget, BudgetExceeded, BudgetTracker, State, StateMachine, Trace
 
@@ -65,27 +68,8 @@ __all__ = ["Investigation", "RunOptions", "RunResult", "EXIT_OK", "EXIT_FAILED",
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED = 0, 1, 2, 3
 DEFAULT_MODEL = "smollm2-135m"
-PROSE_SENTENCES = 3  # sentences kept from a prose-only model's narrative
-VERDICT_SENTENCES = 1  # ... and from its verdict
-
-
-_FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
-
-
-_REPEAT = re.compile(r"(\S+(?:,? ))\1{2,}")  # the same item three times in a row: a small model looping
-
-
-def _tidy(text: str, max_sentences: int) -> str:
-    """A prose-only model's text: fence markers removed, cut where it starts looping, the first sentences kept and
-    a trailing fragment dropped."""
-    text = _FENCE_BITS.sub("", text)
-    loop = _REPEAT.search(text)
-    if loop:
-        text = text[:loop.start()]
-    sentences = split_sentences(text)
-    if len(sentences) > 1 and not sentences[-1].rstrip().endswith((".", "!", "?", ":", ")")):
-        sentences = sentences[:-1]
-    return " ".join(sentences[:max_sentences]).strip()
+PROSE_SENTENCES = 2  # sentences a prose-only model may add to the deterministic narrative
+VERDICT_SENTENCES = 1  # ... and to the Critic's verdict
 
 
 class RequestRejected(Exception):  # noqa: N818
@@ -434,14 +418,16 @@ class Investigation:
             self.limits["detect_polysemantic"] = {"max_neurons": plan.max_neurons}
         self.trace.event("plan", plan=plan.model_dump(mode="json"))
         self._manifest()
-        layer_numbers = {f"layer {layer}": layer for layer in plan.layers}
         self.ctx.findings.add(
             kind="run", artifact="manifest.json", source="controller",
             claim=f"Plan: {plan.intent} {layer_phrase(plan.layers)} of {plan.model} ({info.n_layers} layers of "
                   f"{info.d_mlp} neurons) on the {plan.corpus} corpus, up to {plan.max_tokens} tokens, the "
                   f"{plan.max_neurons} most active neurons of each layer analysed, the top {plan.top_n} reported.",
-            numbers={"n_layers": info.n_layers, "d_mlp": info.d_mlp or 0, "max_tokens": plan.max_tokens,
-                     "max_neurons": plan.max_neurons, "top_n": plan.top_n} | layer_numbers)
+            quantities=quantities_of({"n_layers": info.n_layers, "d_mlp": info.d_mlp or 0,
+                                      "max_tokens": plan.max_tokens, "max_neurons": plan.max_neurons,
+                                      "top_n": plan.top_n})
+            + [Quantity(name="layer", value=layer, layer=layer) for layer in plan.layers],
+            labels=[Label(name="model", text=plan.model), Label(name="corpus", text=plan.corpus)])
         return Step(State.CAPTURE, agent="planner", proposal=proposal)
 
     def _overrides(self, plan: Plan) -> Plan:
@@ -489,33 +475,37 @@ class Investigation:
             kind="run", artifact="profile/profile.json", source="profile_corpus",
             claim=f"Profiled {prof.n_tokens} tokens from {int(prof.meta.get('n_docs', 0))} documents of the "
                   f"{prof.meta.get('corpus')} corpus.",
-            numbers={"n_tokens": prof.n_tokens, "n_docs": int(prof.meta.get("n_docs", 0))})
+            quantities=quantities_of({"n_tokens": prof.n_tokens, "n_docs": int(prof.meta.get("n_docs", 0))}))
         return Step(State.ANALYZE, agent="capturer", proposal=proposal)
 
     async def _run_analyses(self) -> None:
         """The controller's ANALYZE tools (prose-only and scripted backends); skips what is already done."""
         plan = self.plan
         assert plan is not None
-        done = load_detections(self.ctx)
         explain = plan.neuron_pairs()
         for layer, site in zip(plan.layers, self._sites(), strict=True):
-            if "neuron_stats" in plan.analyses and not any(f"L{layer}:" in f.claim
+            if "neuron_stats" in plan.analyses and not any(layer in f.layers()
                                                            for f in self.ctx.findings.by_kind("layer_summary")):
                 await self._require("neuron_stats", {"layer": layer, "top": min(8, plan.top_n + 3)}, "analyst")
             wanted = [n for lay, n in explain if lay == layer]
-            if "polysemantic" in plan.analyses and site not in done:
+            if "polysemantic" in plan.analyses and site not in load_detections(self.ctx):
                 args: dict[str, Any] = {"layer": layer, "max_neurons": plan.max_neurons, "top_n": plan.top_n}
                 if wanted:
                     args["neurons"] = wanted
                 await self._require("detect_polysemantic", args, "analyst")
             if "logit_effects" in plan.analyses and not self.ctx.logit:
-                poly = [int(f.neurons[0].split("/N")[1]) for f in self.ctx.findings.by_kind("polysemantic")
-                        if f.neurons and f.neurons[0].startswith(f"L{layer}/")][: plan.top_n]
-                top = [int(r.split("/N")[1]) for f in self.ctx.findings.by_kind("top_neurons") for r in f.neurons
-                       if r.startswith(f"L{layer}/")][:3]
-                neurons = list(dict.fromkeys(wanted + poly + top))[:12]
+                neurons = list(dict.fromkeys(wanted + self._notable_neurons(layer, site)))[:12]
                 if neurons and self.ctx.interface is not None and self.ctx.interface.loaded.is_causal_lm:
                     await self._require("logit_effects", {"layer": layer, "neurons": neurons, "k": 8}, "analyst")
+
+    def _notable_neurons(self, layer: int, site: str) -> list[int]:
+        """A layer's detected polysemantic neurons (best first, the plan's top_n) and its 3 most active ones."""
+        assert self.plan is not None
+        detected = sorted((v for v in load_detections(self.ctx).get(site, []) if v.verdict == "detected"),
+                          key=lambda v: -v.score)
+        top = [ref_parts(r)[1] for f in self.ctx.findings.by_kind("top_neurons") for r in f.neurons
+               if ref_parts(r)[0] == layer][:3]
+        return [v.neuron for v in detected[: self.plan.top_n]] + top
 
     async def _analyze(self) -> Step:
         plan = self.plan
@@ -543,29 +533,48 @@ class Investigation:
         else:
             await self._run_analyses()
             facts = self._facts(draft=self.narrative, feedback=self.feedback, error=error)
-            prefill = self._prefill() if self.uses_llm else ""
-            task = analyst_task(plan, facts.findings, tool_calling=False, draft=self.narrative if revising else "",
-                                feedback=self.feedback, error=error, prefill=prefill)
-            turn = await self._turn(role, task, facts)
-            text, proposal = strip_proposal(turn.text), turn.proposal
-            if self.uses_llm:  # a small prose-only model drifts after a few sentences: keep the first ones
-                text = _tidy(text, PROSE_SENTENCES)
+            if self.uses_llm:
+                text, proposal = await self._prose_narrative(facts, error)
+            else:
+                turn = await self._turn(role, "", facts)
+                text, proposal = strip_proposal(turn.text), turn.proposal
         self.narrative = text
         self.feedback = ""
         self.trace.event("narrative", draft=text[:6000], revision=self.machine.revisions)
         return Step(State.VISUALIZE, agent="analyst", proposal=proposal)
 
-    def _prefill(self) -> str:
-        """Start of a small model's answer, anchored in the findings (the local backend continues it)."""
+    async def _prose_narrative(self, facts: TurnFacts, error: str) -> tuple[str, str | None]:
+        """A prose-only model's narrative: the deterministic writer's, plus what the model adds that passes the
+        check and does not repeat (the model never writes a fact alone)."""
         assert self.plan is not None
-        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.numbers.get("score", 0.0))
-        where = f"In {layer_phrase(self.plan.layers)},"
-        if poly:
-            top = poly[0]
-            return (f"{where} neuron {top.neurons[0]} [{top.id}] has a polysemanticity score of "
-                    f"{top.numbers['score']:.2f} and {int(top.numbers['n_modes'])} modes: {mode_list(top)}. "
-                    "This suggests that")
-        return f"{where} no analysed neuron passed the polysemanticity test;"
+        base = scripted_narrative(facts)
+        task = analyst_task(self.plan, facts.findings, tool_calling=False, error=error, prefill=self._prefill(),
+                            summary=base)
+        turn = await self._turn(ROLES["analyst"], task, facts)
+        added = self._filtered(strip_proposal(turn.text), split_sentences(base), PROSE_SENTENCES, "Analyst")
+        return (f"{base}\n\n{added.text}" if added.kept else base), turn.proposal
+
+    def _filtered(self, text: str, earlier: list[str], limit: int, who: str) -> ProseFilter:
+        """A prose-only model's sentences that may go into the report; the others are traced and counted."""
+        added = filter_prose(text, self.ctx.findings.all(), earlier=earlier, ignore=self._names(),
+                             max_sentences=limit)
+        self.trace.event("prose_filtered", agent=who.lower(), kept=added.kept,
+                         dropped=[d.model_dump() for d in added.dropped])
+        if added.dropped:
+            reasons = sorted({d.reason for d in added.dropped})
+            written = plural(len(added.kept) + len(added.dropped), "sentence")
+            self.caveats.append(f"Of the {written} the {who}'s model wrote, {len(added.dropped)} "
+                                f"{'was' if len(added.dropped) == 1 else 'were'} left out ({', '.join(reasons)}; "
+                                "see trace.jsonl).")
+        return added
+
+    def _prefill(self) -> str:
+        """Start of a small model's addition, anchored on the strongest neuron (the local backend continues it)."""
+        assert self.plan is not None
+        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.value("score", default=0.0))
+        if poly and poly[0].subject:
+            return f"Taken together, {poly[0].subject}"
+        return f"Taken together, the neurons of {layer_phrase(self.plan.layers)}"
 
     async def _visualize(self) -> Step:
         plan = self.plan
@@ -607,16 +616,16 @@ class Investigation:
         plan = self.plan
         assert plan is not None
         out: list[tuple[str, int | None, str | None]] = []
-        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.numbers.get("score", 0.0))
+        poly = sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.value("score", default=0.0))
         if "figures" in plan.analyses:
             for layer in plan.layers:
                 out.append(("heatmap", layer, None))
-                if any(f.neurons[0].startswith(f"L{layer}/") for f in poly):
+                if any(layer in f.layers() for f in poly):
                     out.append(("highlight", layer, None))
             out.append(("sparsity", None, None))
             if poly:
                 out.append(("mode_shares", None, None))
-            focus = [f.neurons[0] for f in poly[:1]] + list(plan.neurons)
+            focus = [f.subject for f in poly[:1] if f.subject] + list(plan.neurons)
             for ref in dict.fromkeys(focus):
                 out += [("token_activations", None, ref), ("histogram", None, ref)]
             if self.ctx.logit:
@@ -640,8 +649,8 @@ class Investigation:
         turn = await self._turn(ROLES["critic"], task, self._facts(check=check))
         verdict = strip_proposal(turn.text)
         if prose_only:
-            verdict = _tidy(verdict, VERDICT_SENTENCES)
-        if self.uses_llm:
+            verdict = self._filtered(verdict, split_sentences(self.narrative), VERDICT_SENTENCES, "Critic").text
+        elif self.uses_llm:
             verdict = self._checked(verdict, "Critic's verdict")
         summary = check.feedback().splitlines()[0]
         self.critic_text = f"Automatic check: {summary}\n\n{verdict}".strip()

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="parent folder of the run folder (default NW_RUNS_DIR, runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder (its plan, profile and results)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--embedder", choices=("minilm", "hidden"), help="context embedder of the detector")
+    p.add_argument("--embedder", choices=("auto", "subject", "minilm", "hidden"),
+                   help="context embedder of the detector (default auto: the subject model's own reading)")
     p.add_argument("--max-llm-calls", type=int, help="budget: LLM requests")
     p.add_argument("--max-llm-tokens", type=int, help="budget: LLM tokens")
     p.add_argument("--max-wall", type=float, help="budget: wall-clock seconds")

@@ -62,7 +62,7 @@ from neuron_core.corpus import ConceptProbes, load_probes
 from neuron_core.errors import CorpusTooSmallError, InputError
 from neuron_core.profile import NeuronProfile
 
-__all__ = ["DetectorConfig", "PolysemanticDetector", "PolysematicDetector", "neuron_ref"]
+__all__ = ["DetectorConfig", "PolysemanticDetector", "PolysematicDetector", "neuron_ref", "verdict_of"]
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,9 @@ class DetectorConfig:
     probe_mode_auc: float = 0.85
     probe_mode_weight: float = 0.25
     """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
-    n_null: int = 200
-    """Random context sets per set size (see :func:`null_size`)."""
+    n_null: int = 400
+    """Random context sets per set size (see :func:`null_size`); more sets narrow the p-value's interval, so fewer
+    neurons are borderline."""
     alpha: float = 0.05
     """detect() keeps neurons with p-value below alpha ..."""
     min_score: float = 0.25
@@ -143,6 +144,23 @@ def null_size(n_contexts: int, min_contexts: int) -> int:
         size = grid
         grid += max(1, grid // 10)
     return size
+
+
+def verdict_of(score: float, n_modes: int, n_above: int, n_null: int, cfg: DetectorConfig) -> Verdict:
+    """Detected when the null settles it: ``n_above`` of ``n_null`` random sets scored at least as high, and the
+    p-value's exact 95 % interval (Clopper-Pearson, over the null's draws, the neuron counted as one draw) lies
+    wholly below alpha; borderline when the interval holds alpha (another seed could decide either way); not
+    detected when it lies above alpha, or with fewer than two modes or a score below ``min_score``."""
+    if n_modes < 2 or score < cfg.min_score or n_null == 0:
+        return "not detected"
+    from scipy.stats import beta
+
+    k, n = n_above + 1, n_null + 1  # the +1 correction of the p-value
+    lower = float(beta.ppf(0.025, k, n - k + 1))
+    upper = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    if upper < cfg.alpha:
+        return "detected"
+    return "borderline" if lower < cfg.alpha else "not detected"
 
 
 def neuron_ref(site: str, neuron: int) -> str:
@@ -339,7 +357,7 @@ class PolysemanticDetector:
         unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
         unique.update({(c.text, c.start, c.end): c for c in null_pool})
         if unique:
-            self.embedder.embed(list(unique.values()))
+            self._views(list(unique.values()))  # every view, in large batches
         if len(null_pool) >= 2:
             _, W, C = self._views(null_pool)
             self._scale = view_scale(W, C, seed=self.seed)
@@ -410,7 +428,7 @@ class PolysemanticDetector:
             site=w.site, neuron=w.neuron, score=round(float(w.score), 6), p_value=p_value,
             z_score=float((w.score - mu) / max(sd, 1e-6)), n_modes=len(modes), separation=w.separation,
             modes=modes, summary=self._summary(neuron_ref(w.site, w.neuron), modes, w.score, p_value, w.n_corpus),
-            verdict=self._verdict(w.score, len(modes), n_above, null.size))
+            verdict=verdict_of(w.score, len(modes), n_above, null.size, cfg))
 
     def _ablate(self, results: list[PolysemanticNeuron], work: list[_Work]) -> list[PolysemanticNeuron]:
         """Each mode's loss change under zero-ablation, for the ``ablation_max_neurons`` best detections."""
@@ -534,9 +552,7 @@ class PolysemanticDetector:
                     sim = float(sims[best])
             token_label = "/".join(repr(t) for t in top_tokens[:3])
             label = f"{concept} ({token_label})" if concept else f"tokens {token_label}"
-            by_probes = bool(probe_ids and c in probe_ids)
-            if by_probes:
-                label += ", found through the probes"
+            by_probes = bool(probe_ids and c in probe_ids)  # said by Mode.share_text, not in the label
             top_share = float(top_mass[clustering.labels == c].sum() / top_mass.sum()) if top_mass.sum() > 0 else None
             modes.append(Mode(label=label, share=round(min(1.0, clustering.shares.get(c, 1.0)), 6),
                               top_share=None if top_share is None else round(min(1.0, top_share), 6),
@@ -554,23 +570,6 @@ class PolysemanticDetector:
             return f"{ref}: one mode ({what}); score {score:.2f}"
         parts = ", ".join(f"{m.probe_concept or m.label} ({m.share_text})" for m in modes)
         return f"{ref}: {len(modes)} modes: {parts}; score {score:.2f}, p={p_value:.3f}"
-
-    def _verdict(self, score: float, n_modes: int, n_above: int, n_null: int) -> Verdict:
-        """Detected when the null settles it: ``n_above`` of ``n_null`` random sets scored at least as high, and
-        the p-value's exact 95 % interval (Clopper-Pearson, over the null's draws) lies wholly below alpha;
-        borderline when the interval holds alpha (another seed could decide either way); else not detected."""
-        cfg = self.config
-        if n_modes < 2 or score < cfg.min_score or n_null == 0:
-            return "not detected"
-        from scipy.stats import beta
-
-        k = n_above + 1  # the +1 correction: the neuron itself counts as one draw
-        n = n_null + 1
-        lower = float(beta.ppf(0.025, k, n - k + 1))
-        upper = float(beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
-        if upper < cfg.alpha:
-            return "detected"
-        return "borderline" if lower < cfg.alpha else "not detected"
 
     def _is_detected(self, r: PolysemanticNeuron) -> bool:
         return r.verdict == "detected"

@@ -128,3 +128,46 @@ def test_close_in_either_view_is_one_concept(view):
     assert len(merge_modes(far, split, ev, CFG).modes) == 1
     apart = ModeEvidence.of(ctxs, far, far, scale=(1.0, 1.0))
     assert concept_distances(split, apart, CFG)[0, 1] > 1.0
+
+
+def test_verdict_against_scipy_exact_interval():
+    """detected / borderline / not detected from the null count, checked against scipy's Clopper-Pearson interval
+    of the same proportion (the p-value with its +1 correction)."""
+    from scipy.stats import binomtest
+
+    from neuron_core.analysis.polysemantic import verdict_of
+
+    seen = set()
+    for n_null in (50, 200, 400):
+        for n_above in range(0, 40):
+            k, n = n_above + 1, n_null + 1
+            ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+            want = "detected" if ci.high < CFG.alpha else "borderline" if ci.low < CFG.alpha else "not detected"
+            got = verdict_of(0.5, 2, n_above, n_null, CFG)
+            assert got == want, (n_above, n_null, ci)
+            seen.add(got)
+    assert seen == {"detected", "borderline", "not detected"}
+    assert verdict_of(0.5, 1, 0, 200, CFG) == "not detected"  # one mode
+    assert verdict_of(CFG.min_score - 0.01, 2, 0, 200, CFG) == "not detected"  # below the score threshold
+    assert verdict_of(0.5, 2, 0, 0, CFG) == "not detected"  # no null
+
+
+def test_silhouette_equals_sklearn():
+    from scipy.spatial.distance import pdist, squareform
+    from sklearn.metrics import silhouette_score
+
+    from neuron_core.analysis.modes import silhouette_precomputed
+
+    rng = np.random.default_rng(0)
+    for m, k in ((12, 2), (30, 3), (41, 4), (9, 2)):
+        X = rng.normal(size=(m, 8))
+        labels = rng.integers(k, size=m)
+        labels[:k] = np.arange(k)
+        labels[-1] = labels[0] if m > k else labels[-1]
+        D = squareform(pdist(X, metric="cosine"))
+        assert silhouette_precomputed(D, labels) == pytest.approx(silhouette_score(D, labels, metric="precomputed"))
+    singleton = np.array([0, 0, 0, 1, 2, 2])
+    D = squareform(pdist(rng.normal(size=(6, 4))))
+    assert silhouette_precomputed(D, singleton) == pytest.approx(silhouette_score(D, singleton, metric="precomputed"))
+    with pytest.raises(ValueError):
+        silhouette_precomputed(D, np.zeros(6, dtype=int))

@@ -104,6 +104,9 @@ def test_token_analysis_and_logit_effects(tiny_ctx):
     assert effects.ok and [e.neuron for e in effects.result.effects] == ["L1/N3", "L1/N5"]
     assert len(effects.result.effects[0].promoted) == 4
     assert all(tiny_ctx.findings.get(e.finding_id).kind == "logit_effects" for e in effects.result.effects)
+    first = tiny_ctx.findings.get(effects.result.effects[0].finding_id)
+    assert first.subject == "L1/N3" and len(first.quantities_for("promoted")) == 3
+    assert len(first.texts("promoted")) == 3
 
 
 def test_detect_describe_figures_dashboard(tiny_ctx):
@@ -114,7 +117,12 @@ def test_detect_describe_figures_dashboard(tiny_ctx):
     assert (tiny_ctx.run.root / "tables" / "polysemantic.parquet").exists()
     assert (tiny_ctx.run.root / "tables" / "detections.json").exists()
     summary = tiny_ctx.findings.get(r.finding_ids[0])
-    assert summary.kind == "polysemantic_summary" and summary.numbers["n_analysed"] == 12
+    assert summary.kind == "polysemantic_summary" and summary.value("n_analysed") == 12
+    assert summary.value("n_polysemantic") == r.n_polysemantic and summary.value("n_borderline") == r.n_borderline
+    for fid in r.finding_ids[1:]:  # each neuron's finding carries its verdict and its modes, typed
+        f = tiny_ctx.findings.get(fid)
+        assert (f.kind == "polysemantic") == (f.verdict == "detected") and f.verdict is not None and f.subject
+        assert f.mode_indices() == list(range(1, int(f.value("n_modes")) + 1))
     analysed = json.loads((tiny_ctx.run.root / "tables" / "detections.json").read_text())["blocks.1.mlp.hook_post"]
     ref = f"L1/N{analysed[0]['neuron']}"
     desc = call_tool(tiny_ctx, "describe_neuron", {"neuron": ref})

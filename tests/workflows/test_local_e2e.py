@@ -45,6 +45,11 @@ def test_local_backend_end_to_end(tmp_path, monkeypatch):
     report = (run_dir / "report.md").read_text()
     summary = report.split("## Summary")[1].split("## Method")[0]
     assert check_claims(summary, doc.findings, ignore=["smollm2-135m", "builtin-v1", "builtin"]).ok
+    # the deterministic writer wrote the facts; the model added at most 2 sentences, each checked and not repeated
+    assert summary.strip().startswith("We profiled 3,000 tokens from ")
+    filtered = [e for e in trace if e["kind"] == "prose_filtered" and e["agent"] == "analyst"]
+    assert len(filtered) == 1 and len(filtered[0]["kept"]) <= 2
+    assert all(sentence in summary for sentence in filtered[0]["kept"])
     assert (run_dir / "report.html").exists() and (run_dir / "figures" / "dashboard" / "index.html").exists()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["backend"] == "local" and manifest["budget"]["llm_calls"] == len(llm)

@@ -272,3 +272,11 @@ def test_compatible_server_without_tool_calls_gets_prose_only_turns(tiny, tmp_pa
     report = Path(result.report).read_text()
     assert "7 layers" not in report.split("## Method")[0]  # an unsupported number never reaches the summary
     assert legal_path(transitions(trace))
+    # the deterministic writer wrote the facts; the model added only a sentence that passes the check
+    summary = report.split("## Summary")[1].split("## Method")[0]
+    assert summary.strip().startswith("We profiled 1,500 tokens from ")
+    assert "it responds to several unrelated contexts." in summary
+    added = next(e for e in trace if e["kind"] == "prose_filtered" and e["agent"] == "analyst")
+    assert [(d["sentence"], d["reason"]) for d in added["dropped"]] == [("The run used 7 layers.",
+                                                                         "fails the check")]
+    assert "were left out" in report or "was left out" in report

@@ -1,0 +1,115 @@
+"""What a prose-only model may add to a report: its sentences that pass the findings check and do not loop.
+
+Usage::
+
+    added = filter_prose(model_text, store.all(), earlier=split_sentences(narrative), ignore=["smollm2-135m"],
+                         max_sentences=2)
+    added.text            # the kept sentences, joined
+    added.dropped         # [DroppedSentence(sentence=..., reason="fails the check", detail="3 is the n_modes of ...")]
+
+A small model (the bundled 135M SmolLM2) drifts: it loops on a phrase, restates what the report already says, or
+binds a number to the wrong quantity. The deterministic writer writes the report's facts; a model sentence is kept only
+when it is a whole sentence, does not repeat itself or an earlier sentence, and passes :func:`tools.check_claims`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tools.claims import check_claims, split_sentences
+from tools.findings import Finding
+
+__all__ = ["DroppedSentence", "ProseFilter", "filter_prose", "loop_in", "shared_phrase"]
+
+DropReason = Literal["fragment", "repeats itself", "repeats an earlier sentence", "fails the check", "over the limit"]
+
+_FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
+_WORD = re.compile(r"[\w/]+")
+_END = re.compile(r"[.!?][)\]”’\"']*$")
+MIN_WORDS = 4
+PHRASE = 4  # words: a phrase this long said twice is a repetition
+
+
+class DroppedSentence(BaseModel):
+    sentence: str
+    reason: DropReason
+    detail: str = ""
+
+
+class ProseFilter(BaseModel):
+    kept: list[str] = Field(default_factory=list)
+    dropped: list[DroppedSentence] = Field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.kept)
+
+
+def _words(sentence: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(sentence)]
+
+
+def _phrases(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def loop_in(sentence: str, n: int = PHRASE) -> str | None:
+    """The phrase a sentence loops on: a word three times in a row, or an ``n``-word phrase said twice."""
+    words = _words(sentence)
+    for i in range(len(words) - 2):
+        if words[i] == words[i + 1] == words[i + 2]:
+            return words[i]
+    seen: set[tuple[str, ...]] = set()
+    for phrase in _phrases(words, n):
+        if phrase in seen:
+            return " ".join(phrase)
+        seen.add(phrase)
+    return None
+
+
+def shared_phrase(sentence: str, earlier: Iterable[str], n: int = PHRASE) -> str | None:
+    """An ``n``-word phrase of ``sentence`` that an earlier sentence already said."""
+    said = {p for e in earlier for p in _phrases(_words(e), n)}
+    return next((" ".join(p) for p in _phrases(_words(sentence), n) if p in said), None)
+
+
+def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],
+             ignore: Sequence[str]) -> DroppedSentence | None:
+    if len(_words(sentence)) < MIN_WORDS or not _END.search(sentence):
+        return DroppedSentence(sentence=sentence, reason="fragment")
+    looped = loop_in(sentence)
+    if looped:
+        return DroppedSentence(sentence=sentence, reason="repeats itself", detail=looped)
+    shared = shared_phrase(sentence, earlier)
+    if shared:
+        return DroppedSentence(sentence=sentence, reason="repeats an earlier sentence", detail=shared)
+    check = check_claims(sentence, findings, ignore=ignore)
+    if not check.ok:
+        return DroppedSentence(sentence=sentence, reason="fails the check",
+                               detail="; ".join(p for i in check.issues for p in i.problems))
+    return None
+
+
+def filter_prose(text: str, findings: Sequence[Finding], *, earlier: Sequence[str] = (), ignore: Iterable[str] = (),
+                 max_sentences: int = 3) -> ProseFilter:
+    """The sentences of a model's ``text`` that may go into a report (at most ``max_sentences``), and why the
+    others may not. ``earlier``: the sentences already written (the model may not repeat their phrases)."""
+    if max_sentences < 0:
+        raise ValueError(f"max_sentences must be >= 0, got {max_sentences}")
+    names = [n for n in ignore if n]
+    out = ProseFilter()
+    said = list(earlier)
+    for sentence in split_sentences(_FENCE_BITS.sub("", text)):
+        problem = _problem(sentence, said, findings, names)
+        if problem is None and len(out.kept) >= max_sentences:
+            problem = DroppedSentence(sentence=sentence, reason="over the limit")
+        if problem is not None:
+            out.dropped.append(problem)
+            continue
+        out.kept.append(sentence)
+        said.append(sentence)
+    return out

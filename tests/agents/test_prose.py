@@ -1,0 +1,60 @@
+"""The prose filter: what a prose-only model may add to the deterministic narrative."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.prose import filter_prose, loop_in, shared_phrase
+from tests.tools.findings_data import NONSENSE, demo_findings
+
+BASE = ["Of the 64 most active neurons analysed in layer 6, 9 are polysemantic [F002].",
+        "The strongest case is L6/N1233 (score 1.00, p = 0.005), whose 3 modes are “months” (50%), “JSON keys” "
+        "(30%) and “code 3.5” (20%) [F005]."]
+
+
+def _reasons(text: str, **kw) -> list[tuple[str, str]]:
+    out = filter_prose(text, demo_findings(), earlier=BASE, **kw)
+    return [(d.reason, d.sentence) for d in out.dropped]
+
+
+def test_a_checked_new_sentence_is_kept():
+    text = "Taken together, L6/N1233 responds to calendar words and to code, two unrelated concepts."
+    out = filter_prose(text, demo_findings(), earlier=BASE)
+    assert out.kept == [text] and not out.dropped and out.text == text
+    numbered = "Taken together, L6/N1233 splits its 3 modes between dates and code."
+    assert filter_prose(numbered, demo_findings(), earlier=BASE).kept == [numbered]
+
+
+def test_the_demo_nonsense_is_left_out():
+    out = filter_prose(NONSENSE, demo_findings(), earlier=BASE)
+    assert not out.kept and out.dropped[0].reason == "repeats itself"
+    assert out.dropped[0].detail == "that l6 neurons are"
+
+
+def test_a_sentence_that_fails_the_check_is_left_out():
+    out = filter_prose("Taken together, L6/N1233 has a polysemanticity score of 3.", demo_findings(), earlier=BASE)
+    assert not out.kept and out.dropped[0].reason == "fails the check"
+    assert "not a score quantity" in out.dropped[0].detail
+    unbound = filter_prose("This neuron responds to dates with a score of 1.00.", demo_findings(), earlier=BASE)
+    assert unbound.dropped[0].reason == "fails the check"
+
+
+def test_repetition_of_the_summary_or_of_itself_is_left_out():
+    reasons = _reasons("The strongest case is L6/N1233, a neuron of dates. It fires on on on every date. "
+                       "It responds to months and to JSON keys in code. It responds to months and to JSON keys.")
+    assert reasons == [("repeats an earlier sentence", "The strongest case is L6/N1233, a neuron of dates."),
+                       ("repeats itself", "It fires on on on every date."),
+                       ("repeats an earlier sentence", "It responds to months and to JSON keys.")]
+    assert loop_in("a b c d x a b c d") == "a b c d" and loop_in("one two three four five") is None
+    assert shared_phrase("we saw the strongest case is here", BASE) == "the strongest case is"
+
+
+def test_fragments_limits_and_fence_markers():
+    text = ("<data>L6/N1233 fires on month names in dates.</data> It also fires on keys. "
+            "A third sentence about the neuron follows here. And a trailing fragment without end")
+    out = filter_prose(text, demo_findings(), earlier=BASE, max_sentences=2)
+    assert out.kept == ["L6/N1233 fires on month names in dates.", "It also fires on keys."]
+    assert [d.reason for d in out.dropped] == ["over the limit", "fragment"]
+    assert filter_prose("Too short.", demo_findings()).dropped[0].reason == "fragment"
+    with pytest.raises(ValueError):
+        filter_prose(text, demo_findings(), max_sentences=-1)
