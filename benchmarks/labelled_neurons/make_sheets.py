@@ -68,7 +68,8 @@ def write_sheets(rows: list[KeyRow], prof: object, folder: Path, per_sheet: int,
     for lo in range(0, len(rows), per_sheet):
         chunk = rows[lo:lo + per_sheet]
         body = "".join(sheet_block(r.sheet_id, prof, r.layer, r.neuron, seed=r.seed) + "\n" for r in chunk)
-        name = folder / f"{prefix}{lo // per_sheet + 1:02d}.md"
+        number = f"{chunk[0].sheet_id}-{chunk[-1].sheet_id}" if prefix == "top5_" else f"{lo // per_sheet + 1:02d}"
+        name = folder / f"{prefix}{number}.md"  # a later top-5 round never overwrites an earlier one
         name.write_text(f"# Sheet {name.stem}: neurons {chunk[0].sheet_id}-{chunk[-1].sheet_id}\n\n{body}")
 
 
