@@ -9,7 +9,9 @@ Usage::
 
 A small model (the bundled 135M SmolLM2) drifts: it loops on a phrase, restates what the report already says, or
 binds a number to the wrong quantity. The deterministic writer writes the report's facts; a model sentence is kept only
-when it is a whole sentence, does not repeat itself or an earlier sentence, and passes :func:`tools.check_claims`.
+when it is a whole sentence, does not repeat itself or an earlier sentence, names a neuron or cites a finding (a
+sentence about neither adds words, not facts: "the neurons of layer 6 are highly responsive to the input of the
+layer"), and passes :func:`tools.check_claims`.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from tools.findings import Finding
 
 __all__ = ["DroppedSentence", "ProseFilter", "filter_prose", "loop_in", "shared_phrase"]
 
-DropReason = Literal["fragment", "repeats itself", "repeats an earlier sentence", "fails the check", "over the limit"]
+DropReason = Literal["fragment", "repeats itself", "repeats an earlier sentence", "states no finding",
+                     "fails the check", "over the limit"]
 
 _FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
 _WORD = re.compile(r"[\w/]+")
 _END = re.compile(r"[.!?][)\]”’\"']*$")
+_GROUNDED = re.compile(r"\bL\d+\s*/\s*N\d+\b|\bF\d{3,}\b")  # a neuron id or a cited finding
 MIN_WORDS = 4
 PHRASE = 4  # words: a phrase this long said twice is a repetition
 
@@ -58,11 +62,14 @@ def _phrases(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
 
 
 def loop_in(sentence: str, n: int = PHRASE) -> str | None:
-    """The phrase a sentence loops on: a word three times in a row, or an ``n``-word phrase said twice."""
+    """The phrase a sentence loops on: a word three times in a row, a word of four letters or more back after one
+    word ('the layer 6 layer'), or an ``n``-word phrase said twice."""
     words = _words(sentence)
     for i in range(len(words) - 2):
         if words[i] == words[i + 1] == words[i + 2]:
             return words[i]
+        if len(words[i]) >= 4 and words[i] == words[i + 2]:
+            return " ".join(words[i:i + 3])
     seen: set[tuple[str, ...]] = set()
     for phrase in _phrases(words, n):
         if phrase in seen:
@@ -87,6 +94,9 @@ def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],
     shared = shared_phrase(sentence, earlier)
     if shared:
         return DroppedSentence(sentence=sentence, reason="repeats an earlier sentence", detail=shared)
+    if not _GROUNDED.search(sentence):  # a sentence about no neuron and no finding adds words, not facts
+        return DroppedSentence(sentence=sentence, reason="states no finding",
+                               detail="names no neuron (L6/N12) and cites no finding ([F003])")
     check = check_claims(sentence, findings, ignore=ignore)
     if not check.ok:
         return DroppedSentence(sentence=sentence, reason="fails the check",

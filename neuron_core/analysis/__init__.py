@@ -13,12 +13,19 @@ Usage::
 
 from neuron_core.analysis.clustering import NeuronClusters, cluster_contexts, cluster_neurons
 from neuron_core.analysis.contexts import Context, contexts_from_profile, contexts_from_record
-from neuron_core.analysis.embed import HiddenStateEmbedder, MiniLMEmbedder
+from neuron_core.analysis.embed import HiddenStateEmbedder, MiniLMEmbedder, SubjectEmbedder
 from neuron_core.analysis.logits import direct_effect, logit_lens, neuron_logit_effects
 from neuron_core.analysis.neuron_stats import layer_summary, neuron_table
 from neuron_core.analysis.polysemantic import DetectorConfig, PolysemanticDetector, PolysematicDetector, neuron_ref
 from neuron_core.analysis.tokens import text_neuron_map, token_activations
-from neuron_core.analysis.types import DirectEffect, Mode, ModeExample, NeuronLogitEffects, PolysemanticNeuron
+from neuron_core.analysis.types import (
+    DirectEffect,
+    Mode,
+    ModeExample,
+    NeuronLogitEffects,
+    PolysemanticNeuron,
+    Verdict,
+)
 
 __all__ = [
     "Context",
@@ -33,6 +40,8 @@ __all__ = [
     "PolysemanticDetector",
     "PolysematicDetector",
     "PolysemanticNeuron",
+    "SubjectEmbedder",
+    "Verdict",
     "cluster_contexts",
     "cluster_neurons",
     "contexts_from_profile",

@@ -35,25 +35,40 @@ def test_a_sentence_that_fails_the_check_is_left_out():
     out = filter_prose("Taken together, L6/N1233 has a polysemanticity score of 3.", demo_findings(), earlier=BASE)
     assert not out.kept and out.dropped[0].reason == "fails the check"
     assert "not a score quantity" in out.dropped[0].detail
-    unbound = filter_prose("This neuron responds to dates with a score of 1.00.", demo_findings(), earlier=BASE)
-    assert unbound.dropped[0].reason == "fails the check"
+    unbound = filter_prose("This neuron responds to dates with a score of 1.00 [F005].", demo_findings(),
+                           earlier=BASE)
+    assert unbound.kept and not unbound.dropped  # bound through the cited finding: L6/N1233's score is 1.00
+    wrong = filter_prose("This neuron responds to dates with a score of 0.93 [F005].", demo_findings(), earlier=BASE)
+    assert wrong.dropped[0].reason == "fails the check"
+
+
+def test_a_sentence_about_no_neuron_and_no_finding_is_left_out():
+    """What the bundled model wrote into make demo's summary once: every word checks out, it says nothing."""
+    said = ("Taken together, the neurons of layer 6 have a number of neurons that are highly active and highly "
+            "responsive to the input of the layer 6 layer.")
+    out = filter_prose(said, demo_findings(), earlier=BASE)
+    assert not out.kept and out.dropped[0].reason in ("repeats itself", "states no finding")
+    assert loop_in(said) == "layer 6 layer"
+    plain = filter_prose("Taken together, the layer holds many active neurons.", demo_findings(), earlier=BASE)
+    assert plain.dropped[0].reason == "states no finding"
 
 
 def test_repetition_of_the_summary_or_of_itself_is_left_out():
-    reasons = _reasons("The strongest case is L6/N1233, a neuron of dates. It fires on on on every date. "
-                       "It responds to months and to JSON keys in code. It responds to months and to JSON keys.")
+    reasons = _reasons("The strongest case is L6/N1233, a neuron of dates. L6/N1233 fires on on on every date. "
+                       "L6/N1233 responds to months and to JSON keys in code. L6/N1233 responds to months and to "
+                       "JSON keys.")
     assert reasons == [("repeats an earlier sentence", "The strongest case is L6/N1233, a neuron of dates."),
-                       ("repeats itself", "It fires on on on every date."),
-                       ("repeats an earlier sentence", "It responds to months and to JSON keys.")]
+                       ("repeats itself", "L6/N1233 fires on on on every date."),
+                       ("repeats an earlier sentence", "L6/N1233 responds to months and to JSON keys.")]
     assert loop_in("a b c d x a b c d") == "a b c d" and loop_in("one two three four five") is None
     assert shared_phrase("we saw the strongest case is here", BASE) == "the strongest case is"
 
 
 def test_fragments_limits_and_fence_markers():
-    text = ("<data>L6/N1233 fires on month names in dates.</data> It also fires on keys. "
-            "A third sentence about the neuron follows here. And a trailing fragment without end")
+    text = ("<data>L6/N1233 fires on month names in dates.</data> L6/N1233 also fires on keys. "
+            "A third sentence about L6/N1233 follows here. And a trailing fragment without end")
     out = filter_prose(text, demo_findings(), earlier=BASE, max_sentences=2)
-    assert out.kept == ["L6/N1233 fires on month names in dates.", "It also fires on keys."]
+    assert out.kept == ["L6/N1233 fires on month names in dates.", "L6/N1233 also fires on keys."]
     assert [d.reason for d in out.dropped] == ["over the limit", "fragment"]
     assert filter_prose("Too short.", demo_findings()).dropped[0].reason == "fragment"
     with pytest.raises(ValueError):
