@@ -118,8 +118,10 @@ class DetectorConfig:
     """... and score at least this."""
     probe_min_similarity: float = 0.40
     null_pool: int = 600
-    """Random contexts per site the null sets are drawn from (uniform over the site's tokens)."""
-    null_value_neurons: int = 64
+    """Random contexts per site the null sets are drawn from (uniform over the site's tokens). From a profile the
+    pool is the union of the neurons' uniform samples, which share their hash-chosen tokens: a 30,000-token profile
+    yields only about 200 distinct contexts, whatever this says."""
+    null_value_neurons: int = 256
     """Neurons (drawn at random from the analysed sites' firing neurons) whose strong contexts' activation values
     the null sets take."""
     ablation: bool = True
@@ -170,6 +172,7 @@ def neuron_ref(site: str, neuron: int) -> str:
 
 
 _T = TypeVar("_T")
+REFERENCE_SEED = 0  # the draw of random contexts the embedding is standardised against, whatever the seed
 
 
 @dataclass
@@ -345,22 +348,28 @@ class PolysemanticDetector:
         return gathered
 
     def _embed_all(self, gathered: list[tuple[str, int, list[Context]]]) -> list[Context]:
-        """Embed every context once (the embedder caches), the null's random pool too; set the views' scale.
-        Returns the null pool."""
+        """Embed every context once (the embedder caches), the null's random pool too. The embedding's reference
+        (the subject embedder's standardisation, the views' random-pair scale) comes from a fixed draw of random
+        contexts, the same whatever the seed: it is a property of the site, and a seed that moved it would move
+        every neuron's score at once. Returns the null pool (drawn with the seed)."""
         cfg = self.config
-        null_pool = [c for site in self.sites for c in random_contexts(
-            self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=self.seed,
-            before=cfg.window_before, after=cfg.window_after)]
+
+        def draw(seed: int) -> list[Context]:
+            return [c for site in self.sites for c in random_contexts(
+                self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=seed,
+                before=cfg.window_before, after=cfg.window_after)]
+
+        reference, null_pool = draw(REFERENCE_SEED), draw(self.seed)
         fit = getattr(self.embedder, "fit", None)
-        if fit is not None and null_pool:
-            fit(null_pool)  # the subject embedder standardises against random contexts
+        if fit is not None and reference:
+            fit(reference)  # the subject embedder standardises against random contexts
         unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
-        unique.update({(c.text, c.start, c.end): c for c in null_pool})
+        unique.update({(c.text, c.start, c.end): c for c in reference + null_pool})
         if unique:
             self._views(list(unique.values()))  # every view, in large batches
-        if len(null_pool) >= 2:
-            _, W, C = self._views(null_pool)
-            self._scale = view_scale(W, C, seed=self.seed)
+        if len(reference) >= 2:
+            _, W, C = self._views(reference)
+            self._scale = view_scale(W, C, seed=REFERENCE_SEED)
         return null_pool
 
     def _views(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -259,9 +259,14 @@ def test_compatible_server_without_tool_calls_gets_prose_only_turns(tiny, tmp_pa
         from tests.agents.fake_openai import Reply
 
         assert "tools" not in body  # prose only: the controller runs the tools
+        import re
+
         task = body["messages"][-1]["content"]
         start = task.rsplit("Begin with: ", 1)[1] if "Begin with: " in task else ""
-        return Reply(content=f"{start} it responds to several unrelated contexts. The run used 7 layers.")
+        ref = re.search(r"L\d+/N\d+", task)
+        subject = ref.group(0) if ref else "L1/N0"
+        return Reply(content=f"{start} {subject} responds to several unrelated contexts. {subject} spans 7 layers. "
+                             "Overall the layer is an interesting one.")
 
     result, server = run_with(policy, tiny, tmp_path, llm_function_calling=False, max_revisions=1)
     assert result.status == "done", result.reason
@@ -275,8 +280,9 @@ def test_compatible_server_without_tool_calls_gets_prose_only_turns(tiny, tmp_pa
     # the deterministic writer wrote the facts; the model added only a sentence that passes the check
     summary = report.split("## Summary")[1].split("## Method")[0]
     assert summary.strip().startswith("We profiled 1,500 tokens from ")
-    assert "it responds to several unrelated contexts." in summary
+    assert "responds to several unrelated contexts." in summary
     added = next(e for e in trace if e["kind"] == "prose_filtered" and e["agent"] == "analyst")
-    assert [(d["sentence"], d["reason"]) for d in added["dropped"]] == [("The run used 7 layers.",
-                                                                         "fails the check")]
+    assert [(d["sentence"], d["reason"]) for d in added["dropped"]] == [
+        (next(d["sentence"] for d in added["dropped"] if "7 layers" in d["sentence"]), "fails the check"),
+        ("Overall the layer is an interesting one.", "states no finding")]
     assert "were left out" in report or "was left out" in report
