@@ -146,32 +146,11 @@ class HiddenStateEmbedder(_Cached):
 
     @torch.no_grad()
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
-        from neuron_core.batching import Segment, make_batches, pad_token_id
-        from neuron_core.capture import StopForward, run_forward
-
-        pairs = [_subject_ids(self.interface, c) for c in contexts]
-        segs = [Segment(i, 0, tuple(ids)) for i, (ids, _) in enumerate(pairs)]
-        batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(self.interface.tokenizer)))
-        batch = batch.to(self.interface.device)
-        got: list[torch.Tensor] = []
-
-        def grab(_m: torch.nn.Module, _a: object, out: object) -> None:
-            tensor = out[0] if isinstance(out, tuple) else out
-            got.append(torch.as_tensor(tensor).detach())
-            raise StopForward
-
-        handle = self.interface.module.get_submodule(self.block).register_forward_hook(grab)
-        try:
-            run_forward(self.interface.module, batch.model_kwargs(self.interface.module))
-        finally:
-            handle.remove()
-        hidden = got[0].float().cpu()  # [B, T, d]
-        index = torch.tensor([idx for _, idx in pairs])
-        vecs = hidden[torch.arange(len(pairs)), index]  # [B, d]
+        vecs = _residuals_at_token(self.interface, contexts, [self.layer])[0]  # [B, d]
         # Residual streams share a large common offset that swamps cosine similarity: remove a fixed centre
         # (estimated once, from the first batch, so every later vector is treated the same way).
         if self._center is None:
-            self._center = vecs.mean(0, keepdim=True) if len(pairs) > 1 else torch.zeros_like(vecs)
+            self._center = vecs.mean(0, keepdim=True) if len(contexts) > 1 else torch.zeros_like(vecs)
         return _normalise((vecs - self._center).numpy())
 
 
@@ -225,38 +204,44 @@ class SubjectEmbedder(_Cached):
         """(the token as the model reads it, the window without the word from MiniLM)."""
         return self.embed(contexts), self.window.embed_views(contexts)[1]
 
-    @torch.no_grad()
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
-        from neuron_core.batching import Segment, make_batches, pad_token_id
-        from neuron_core.capture import StopForward, run_forward
-
-        pairs = [_subject_ids(self.interface, c) for c in contexts]
-        segs = [Segment(i, 0, tuple(ids)) for i, (ids, _) in enumerate(pairs)]
-        batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(self.interface.tokenizer)))
-        batch = batch.to(self.interface.device)
-        got: dict[int, torch.Tensor] = {}
-        last = self.layers[-1]
-        blocks = self.interface.resolver.blocks_path
-
-        def grab(layer: int) -> Callable[..., None]:
-            def hook(_m: torch.nn.Module, _a: object, out: object) -> None:
-                got[layer] = torch.as_tensor(out[0] if isinstance(out, tuple) else out).detach()
-                if layer == last:
-                    raise StopForward
-
-            return hook
-
-        handles = [self.interface.module.get_submodule(f"{blocks}.{layer}").register_forward_hook(grab(layer))
-                   for layer in self.layers]
-        try:
-            run_forward(self.interface.module, batch.model_kwargs(self.interface.module))
-        finally:
-            for handle in handles:
-                handle.remove()
-        rows = torch.arange(len(pairs))
-        index = torch.tensor([idx for _, idx in pairs])
-        vecs = [got[layer].float().cpu()[rows, index] for layer in self.layers]  # each [B, d]
+        vecs = _residuals_at_token(self.interface, contexts, self.layers)  # each [B, d]
         return torch.cat(vecs, dim=1).numpy()  # [B, layers * d]
+
+
+@torch.no_grad()
+def _residuals_at_token(interface: Any, contexts: Sequence[Context], layers: Sequence[int]) -> list[torch.Tensor]:
+    """The residual stream after each block of ``layers`` at each context's activating token: one [B, d] float32
+    tensor (CPU) per layer, in one forward pass that stops after the last of them."""
+    from neuron_core.batching import Segment, make_batches, pad_token_id
+    from neuron_core.capture import StopForward, run_forward
+
+    pairs = [_subject_ids(interface, c) for c in contexts]
+    segs = [Segment(i, 0, tuple(ids)) for i, (ids, _) in enumerate(pairs)]
+    batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(interface.tokenizer)))
+    batch = batch.to(interface.device)
+    got: dict[int, torch.Tensor] = {}
+    last = max(layers)
+
+    def grab(layer: int) -> Callable[..., None]:
+        def hook(_m: torch.nn.Module, _a: object, out: object) -> None:
+            got[layer] = torch.as_tensor(out[0] if isinstance(out, tuple) else out).detach()
+            if layer == last:
+                raise StopForward
+
+        return hook
+
+    blocks = interface.resolver.blocks_path
+    handles = [interface.module.get_submodule(f"{blocks}.{layer}").register_forward_hook(grab(layer))
+               for layer in layers]
+    try:
+        run_forward(interface.module, batch.model_kwargs(interface.module))
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = torch.arange(len(pairs))
+    index = torch.tensor([idx for _, idx in pairs])
+    return [got[layer].float().cpu()[rows, index] for layer in layers]  # each [B, d]
 
 
 def _subject_ids(interface: Any, ctx: Context, max_before: int = 8) -> tuple[list[int], int]:
