@@ -10,16 +10,12 @@ Usage::
 Method, per neuron:
 1. contexts: the top band (top examples with value >= ``band`` x max) plus a uniform sample of the neuron's other
    strong tokens (the sample gives unbiased shares of activation mass);
-2. embed each token in its context (bundled MiniLM, or the subject model's residual stream);
-3. cluster: average-linkage agglomerative clustering on cosine distance for k = 2..``max_modes``; **k is the value
-   with the highest mean silhouette** counting only clusters of at least ``min_mode_size`` contexts and at least
-   ``min_share`` of the activation mass; k = 1 when no k reaches ``silhouette_min``;
-   modes whose centroids are closer than ``merge_distance`` are merged (not clearly distinct);
-4. score in [0, 1] = sqrt(balance) x separation term x (1 + quality term) / 2, where balance is the Gini-Simpson
-   diversity of the modes' weights (mass share x strength**4, strength = the mode's peak activation over the
-   strongest mode's), scaled so two equal modes give 1; the separation term maps the mean cosine distance between
-   mode centroids from [``sep_lo``, ``sep_hi``] to [0, 1]; the quality term maps the silhouette from
-   [0, ``silhouette_hi``] to [0, 1]; one mode scores 0;
+2. embed each token in its context: by default as the subject model reads it, before the neuron's layer, beside
+   MiniLM's view of the window without the word (:class:`~neuron_core.analysis.embed.SubjectEmbedder`);
+3. cluster (average linkage, k by the silhouette, k = 1 allowed), then merge the clusters that are one concept:
+   same words, one token family, one probe concept, or close in either view (:mod:`neuron_core.analysis.modes`);
+4. score in [0, 1] = balance**``balance_power`` x separation term x (1 + quality term) / 2 (see
+   :func:`~neuron_core.analysis.modes.score_modes`); one mode scores 0;
 5. null: the same procedure on ``n_null`` random sets of contexts from the analysed sites' tokens, *as many as the
    neuron has* (random sets of 12 contexts split into modes far more often than sets of 40: a p-value against a
    mix of sizes is too small for neurons with few contexts and too large for neurons with many), each set with the
@@ -27,9 +23,11 @@ Method, per neuron:
    neuron's p-value does not depend on which other neurons are analysed); the p-value is the share of null scores
    at least as high (with the +1 correction), the z-score is against their mean and spread. Sizes are rounded down
    to a grid (every size up to 20, then steps of about a tenth), which errs towards larger p-values;
-6. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
-   tokens; modes named after the same concept are merged before scoring (``merge_same_concept``);
-7. for detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
+6. verdict (:func:`verdict_of`): detected, borderline (the p-value's exact interval holds ``alpha``: another seed
+   could decide either way) or not detected;
+7. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
+   tokens;
+8. for the best detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
    each mode's contexts.
 """
 
