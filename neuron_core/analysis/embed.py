@@ -141,7 +141,6 @@ class HiddenStateEmbedder(_Cached):
         if resolver.blocks_path is None:
             raise ValueError("the hidden-state embedder needs a model with blocks")
         self.layer = layer + resolver.n_layers if layer < 0 else layer
-        self.block = f"{resolver.blocks_path}.{self.layer}"
         self._center: torch.Tensor | None = None
 
     @torch.no_grad()

@@ -40,8 +40,8 @@ from neuron_core.analysis.contexts import Context
 if TYPE_CHECKING:
     from neuron_core.analysis.polysemantic import DetectorConfig
 
-__all__ = ["Clustering", "ModeEvidence", "cluster", "concept_distances", "merge_modes", "score_modes",
-           "token_family", "centroids"]
+__all__ = ["Clustering", "ModeEvidence", "cluster", "concept_distances", "merge_modes", "merge_and_score",
+           "score_modes", "token_family", "centroids"]
 
 
 # Unit symbols written after a number (SI and common ones); a compound is units joined by "/" (km/h, m/s, mg/dL).
@@ -246,13 +246,27 @@ def concept_distances(clustering: Clustering, ev: ModeEvidence, cfg: DetectorCon
 def merge_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig,
                 concept_cents: np.ndarray | None = None) -> Clustering:
     """Merge the closest pair of modes while their concept distance is below ``merge_distance``."""
+    return _merge(X, clustering, ev, cfg, concept_cents)[0]
+
+
+def merge_and_score(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig, values: np.ndarray,
+                    concept_cents: np.ndarray | None = None) -> tuple[Clustering, float, float]:
+    """:func:`merge_modes` then :func:`score_modes`, the merged modes' distances computed once:
+    (clustering, score, separation)."""
+    merged, dist = _merge(X, clustering, ev, cfg, concept_cents)
+    return (merged, *score_modes(X, merged, ev, cfg, values, concept_cents, dist=dist))
+
+
+def _merge(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig,
+           concept_cents: np.ndarray | None) -> tuple[Clustering, np.ndarray | None]:
+    """The merged clustering and its modes' concept distances (None with fewer than two modes)."""
     while len(clustering.modes) >= 2:
         concepts = probe_concepts(X, clustering, concept_cents, cfg.probe_min_similarity)
         dist = concept_distances(clustering, ev, cfg, concepts)
-        np.fill_diagonal(dist, np.inf)
-        i, j = np.unravel_index(np.argmin(dist), dist.shape)
-        if dist[i, j] >= cfg.merge_distance:
-            break
+        off = dist + np.diag(np.full(len(dist), np.inf))
+        i, j = np.unravel_index(np.argmin(off), off.shape)
+        if off[i, j] >= cfg.merge_distance:
+            return clustering, dist
         a, b = clustering.modes[min(i, j)], clustering.modes[max(i, j)]
         labels = np.where(clustering.labels == b, a, clustering.labels)
         shares, weights = dict(clustering.shares), dict(clustering.weights)
@@ -260,9 +274,7 @@ def merge_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: De
         weights[a] += weights.pop(b)
         clustering = Clustering(labels, [c for c in clustering.modes if c != b], 0.0, shares, weights)
         clustering.silhouette = silhouette(X, clustering)
-    if len(clustering.modes) < 2:
-        return Clustering.single(clustering.labels)
-    return clustering
+    return Clustering.single(clustering.labels), None
 
 
 def probe_concepts(X: np.ndarray, clustering: Clustering, concept_cents: np.ndarray | None,
@@ -285,7 +297,7 @@ def _strengths(values: np.ndarray, clustering: Clustering) -> np.ndarray:
 
 
 def score_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig, values: np.ndarray,
-                concept_cents: np.ndarray | None = None) -> tuple[float, float]:
+                concept_cents: np.ndarray | None = None, dist: np.ndarray | None = None) -> tuple[float, float]:
     """(score, separation) of a clustering; one mode scores (0, 0).
 
     score = balance**balance_power x separation term x (1 + quality term) / 2. Each mode weighs share x
@@ -300,8 +312,9 @@ def score_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: De
     p = weights * _strengths(values, clustering) ** cfg.strength_power
     p = p / p.sum()
     balance = min(1.0, (1.0 - float((p ** 2).sum())) / 0.5)
-    concepts = probe_concepts(X, clustering, concept_cents, cfg.probe_min_similarity)
-    dist = concept_distances(clustering, ev, cfg, concepts)
+    if dist is None:  # the modes' concept distances, unless the merge step has them
+        concepts = probe_concepts(X, clustering, concept_cents, cfg.probe_min_similarity)
+        dist = concept_distances(clustering, ev, cfg, concepts)
     iu = np.triu_indices(len(clustering.modes), 1)
     separation = float(dist[iu].mean())
     sep_term = min(1.0, max(0.0, (separation - cfg.sep_lo) / (cfg.sep_hi - cfg.sep_lo)))

@@ -49,8 +49,7 @@ from neuron_core.analysis.modes import (
     ModeEvidence,
     centroids,
     cluster,
-    merge_modes,
-    score_modes,
+    merge_and_score,
     silhouette,
     view_scale,
 )
@@ -217,7 +216,6 @@ class PolysemanticDetector:
         self._probe_centroids: tuple[list[str], np.ndarray] | None = None
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
-        self._details: dict[tuple[str, int], tuple[list[Context], np.ndarray, Clustering]] = {}
         self._scale = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
         self.n_excluded: dict[str, int] = {}
 
@@ -409,9 +407,8 @@ class PolysemanticDetector:
         w = _Work(site, neuron, ctxs, len(ctxs), X, ev, values, cluster(X, values, sampled, cfg))
         if site in probe_acts and len(ctxs) >= cfg.min_contexts:
             self._add_probe_modes(w, probe_acts[site])
-        w.clustering = merge_modes(w.X, w.clustering, w.evidence, cfg, concept_cents)
-        w.score, w.separation = score_modes(w.X, w.clustering, w.evidence, cfg, w.values, concept_cents)
-        self._details[(site, neuron)] = (w.contexts, w.X, w.clustering)
+        w.clustering, w.score, w.separation = merge_and_score(w.X, w.clustering, w.evidence, cfg, w.values,
+                                                              concept_cents)
         return w
 
     def _null(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
@@ -529,8 +526,7 @@ class PolysemanticDetector:
                 own = value_sets[int(rng.integers(len(value_sets)))]
                 vals = rng.choice(own, size=m, replace=own.size < m)
                 X, ev = pool_X[idx], pool_ev.take(idx)
-                clustering = merge_modes(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, concept_cents)
-                scores[i] = score_modes(X, clustering, ev, cfg, vals, concept_cents)[0]
+                scores[i] = merge_and_score(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, vals, concept_cents)[1]
             out[size] = scores
         return out
 
