@@ -36,7 +36,7 @@ from agents.roles import Role, parse_proposal
 from tools import TOOLS, ToolContext, ToolError, ToolOutcome, ToolSpec, call_tool
 
 __all__ = ["AgentTurn", "TurnFacts", "AgentRunner", "AutoGenRunner", "WorkbenchTool", "run_in_thread",
-           "set_worker_threads", "default_torch_threads"]
+           "set_worker_threads", "default_torch_threads", "interrupt_worker"]
 
 T = TypeVar("T")
 
@@ -57,21 +57,50 @@ class _Worker:
             queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
 
     def _loop(self) -> None:
         while True:
-            job, loop, future = self._queue.get()
+            try:
+                self._serve_one()
+            except KeyboardInterrupt:  # an interrupt (see :meth:`interrupt`) that landed between two jobs
+                self._idle.set()
+
+    def _serve_one(self) -> None:
+        job, loop, future = self._queue.get()
+        self._idle.clear()
+        try:
             if self.threads is not None and self.threads != self._applied:
                 import torch
 
                 torch.set_num_threads(self.threads)  # per thread for OpenMP: must run on this thread
                 self._applied = self.threads
-            try:
-                value = job()
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task unchanged
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, value, None)
+            value = job()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task unchanged
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, value, None)
+        finally:
+            self._idle.set()
+
+    def interrupt(self, timeout: float = 60.0) -> bool:
+        """Stop the job the worker is running and wait until it has let go: a KeyboardInterrupt is raised in the
+        worker thread at its next Python step (a batch boundary, a hook: torch's C++ calls finish first), so the
+        job's own ``finally`` blocks run (hooks removed, temporary files removed). Returns whether the worker is
+        idle. Exiting while the worker is inside torch aborts the process (``terminate called without an active
+        exception``): every entry point calls this before it exits on Ctrl-C."""
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._idle.is_set() or thread.ident is None:
+            return True
+        import ctypes
+
+        set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        set_async(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+        idle = self._idle.wait(timeout)
+        if idle:  # the interrupt may still be pending if the job ended first: withdraw it
+            set_async(ctypes.c_ulong(thread.ident), None)
+        return idle
 
     def submit(self, job: Callable[[], Any]) -> asyncio.Future[Any]:
         with self._lock:
@@ -106,6 +135,11 @@ def default_torch_threads() -> int | None:
     import os
 
     return 1 if (os.cpu_count() or 1) <= 2 else None
+
+
+def interrupt_worker(timeout: float = 60.0) -> bool:
+    """Stop the model worker's current job and wait until it is idle (see :meth:`_Worker.interrupt`)."""
+    return _WORKER.interrupt(timeout)
 
 
 def set_worker_threads(threads: int | None) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "ProfileMismatchError",
     "FrameworkNotAvailableError",
     "RunFolderError",
+    "RunFolderBusyError",
+    "CorruptRunFolderError",
 ]
 
 
@@ -68,3 +70,11 @@ class FrameworkNotAvailableError(NeuronCoreError):
 
 class RunFolderError(NeuronCoreError):
     """A write outside the run folder, or a run folder that cannot be used."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """A run or campaign folder another process is using (it holds the folder's lock)."""
+
+
+class CorruptRunFolderError(RunFolderError):
+    """A file of a run folder that cannot be read as what it should be (truncated, not JSON, the wrong type)."""

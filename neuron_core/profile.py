@@ -44,7 +44,7 @@ from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError
 from neuron_core.interface import ModelInterface
 from neuron_core.models import LoadedModel
 from neuron_core.sites import Site
-from neuron_core.stats import SiteStats, StatsConfig
+from neuron_core.stats import ExampleSet, SiteStats, StatsConfig
 from neuron_core.store import atomic_dir, atomic_write_json
 
 __all__ = ["profile", "NeuronProfile", "SiteProfile", "Example", "batch_contexts"]
@@ -111,14 +111,22 @@ class SiteProfile:
         sets = {"top": self.stats.top, "bottom": self.stats.bottom, "sample": self.stats.sample}
         if kind not in sets:
             raise InputError(f"kind must be one of {sorted(sets)}, not {kind!r}")
-        ex = sets[kind]
+        out = self._decoded(sets[kind], neuron, neuron, kind)
+        if kind == "sample":
+            out.sort(key=lambda e: -e.value)
+        return out[:n] if n is not None else out
+
+    def token_sample(self) -> list[Example]:
+        """The site's token reservoir: a uniform random sample of all its tokens, not chosen by any neuron (empty
+        for profiles saved before it existed). ``neuron`` is -1 and ``value`` 0 in these examples."""
+        return self._decoded(self.stats.tokens, 0, -1, "token")
+
+    def _decoded(self, ex: ExampleSet, row: int, neuron: int, kind: str) -> list[Example]:
+        """Row ``row`` of an example set as decoded examples, in key order (empty slots left out)."""
         if ex.k == 0:
             return []
-        keys = ex.keys[neuron].cpu()
-        values = ex.values[neuron].cpu()
-        docs = ex.doc[neuron].cpu()
-        poss = ex.pos[neuron].cpu()
-        ctx = ex.ctx[neuron].cpu()
+        keys, values = ex.keys[row].cpu(), ex.values[row].cpu()
+        docs, poss, ctx = ex.doc[row].cpu(), ex.pos[row].cpu(), ex.ctx[row].cpu()
         before = self.stats.config.context_before
         out: list[Example] = []
         for slot in range(ex.k):
@@ -130,9 +138,7 @@ class SiteProfile:
             strings = tuple(self._decode(i) for i in left + [ids[before]] + right)
             out.append(Example(self.name, neuron, kind, float(values[slot]), int(docs[slot]), int(poss[slot]),
                                self._decode(ids[before]), strings, len(left)))
-        if kind == "sample":
-            out.sort(key=lambda e: -e.value)
-        return out[:n] if n is not None else out
+        return out
 
     def top_examples(self, neuron: int, n: int | None = None) -> list[Example]:
         return self.examples(neuron, "top", n)

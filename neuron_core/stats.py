@@ -9,10 +9,10 @@ Usage::
     state = stats.state_dict(); SiteStats.from_state_dict(state)
 
 One protocol for every piece (``add``, ``merge``, ``state_dict``/``load``, ``to(device)``): moments (Chan/Welford in
-float64), min/max, fraction active, a signed log-spaced histogram (2**hist_bits bins per octave), and three kept
-example sets: the top-k, the
-bottom-k, and a uniform random sample of active tokens (a bottom-k sketch over a hash of (document, position), so
-it merges exactly and does not depend on batching). Statistics don't know about hooks.
+float64), min/max, fraction active, a signed log-spaced histogram (2**hist_bits bins per octave), and four kept
+example sets: per neuron the top-k, the bottom-k and a uniform random sample of active tokens, and for the whole site
+a reservoir of random tokens (the samples are bottom-k sketches over a hash of (document, position), so they merge
+exactly and do not depend on batching). Statistics don't know about hooks.
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class StatsConfig:
     """How many lowest (most negative) activations to keep per neuron; 0 disables."""
     n_samples: int = 32
     """Size of the uniform random sample of active tokens per neuron (for quantile-sampled examples)."""
+    n_reservoir: int = 512
+    """Size of the uniform random sample of the site's tokens, whatever any neuron does (the raw material of the
+    polysemantic detector's null); 0 disables."""
     active_threshold: float = 0.0
     """A neuron counts as active on a token when its activation is strictly above this value."""
     context_before: int = 12
@@ -68,7 +71,7 @@ class StatsConfig:
     """The histogram has 2**hist_bits bins per octave (factor of 2) of magnitude, on each side of zero."""
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "bottom_k", "n_samples", "context_before", "context_after"):
+        for name in ("top_k", "bottom_k", "n_samples", "n_reservoir", "context_before", "context_after"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.top_k < 1:
@@ -448,6 +451,7 @@ class SiteStats:
         self.top = ExampleSet(n_neurons, cfg.top_k, width, dev)
         self.bottom = ExampleSet(n_neurons, cfg.bottom_k, width, dev)
         self.sample = ExampleSet(n_neurons, cfg.n_samples, width, dev)
+        self.tokens = ExampleSet(1, cfg.n_reservoir, width, dev)  # the site's token reservoir (one row)
         index_dtype = torch.int32 if n_neurons * self.n_bins < 2**31 - 1 else torch.int64
         self._bin_base = (torch.arange(n_neurons, device=dev) * self.n_bins + self._k_bins + 1).to(index_dtype)
 
@@ -459,6 +463,7 @@ class SiteStats:
         n = acts.shape[0]
         if n == 0:
             return
+        self._offer_tokens(doc, pos, ctx)
         if self.sync_free:
             stats_device.add_sync_free(self, acts, doc, pos, ctx)
             return
@@ -505,6 +510,16 @@ class SiteStats:
         if self.sample.k:
             prio = -token_priority(doc, pos).to(acts.device)  # [n]; larger key = smaller priority
             self.sample.offer_ranked(prio, active, finite_vals, doc, pos, ctx)
+
+    def _offer_tokens(self, doc: torch.Tensor, pos: torch.Tensor, ctx: torch.Tensor) -> None:
+        """The token reservoir: every token is eligible, keyed by the hash of its place (a bottom-k sketch, so it
+        merges exactly). One host read per batch, on accelerators too (a single row: cheap)."""
+        if not self.tokens.k:
+            return
+        n = doc.shape[0]
+        prio = -token_priority(doc, pos).to(doc.device)
+        self.tokens.offer_ranked(prio, torch.ones((n, 1), dtype=torch.bool, device=doc.device),
+                                 torch.zeros((n, 1), dtype=torch.float32, device=doc.device), doc, pos, ctx)
 
     def _merge_moments(self, nb: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor, bmin: torch.Tensor,
                        bmax: torch.Tensor) -> None:
@@ -611,6 +626,7 @@ class SiteStats:
         self.top.merge(o.top)
         self.bottom.merge(o.bottom)
         self.sample.merge(o.sample)
+        self.tokens.merge(o.tokens)
         return self
 
     _MOMENTS = ("count", "mean", "m2", "min", "max", "n_active", "n_nonfinite", "hist")
@@ -621,6 +637,7 @@ class SiteStats:
         state.update(self.top.state_dict(f"{p}top"))
         state.update(self.bottom.state_dict(f"{p}bottom"))
         state.update(self.sample.state_dict(f"{p}sample"))
+        state.update(self.tokens.state_dict(f"{p}tokens"))
         return state
 
     def config_dict(self) -> dict[str, Any]:
@@ -638,6 +655,8 @@ class SiteStats:
         stats.top.load(state, f"{p}top")
         stats.bottom.load(state, f"{p}bottom")
         stats.sample.load(state, f"{p}sample")
+        if f"{p}tokens.keys" in state:  # profiles saved before the reservoir existed keep it empty
+            stats.tokens.load(state, f"{p}tokens")
         return stats
 
     def to(self, device: torch.device | str) -> SiteStats:
@@ -648,6 +667,6 @@ class SiteStats:
         self.edges = self.edges.to(self.device)
         self._bin_lower, self._bin_upper = self._bin_lower.to(self.device), self._bin_upper.to(self.device)
         self._bin_base = self._bin_base.to(self.device)
-        for ex in (self.top, self.bottom, self.sample):
+        for ex in (self.top, self.bottom, self.sample, self.tokens):
             ex.to(self.device)
         return self

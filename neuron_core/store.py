@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from neuron_core.errors import RunFolderError
+from neuron_core.errors import CorruptRunFolderError, RunFolderBusyError, RunFolderError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_dir", "RunFolder",
-           "environment_versions", "slugify"]
+           "environment_versions", "slugify", "read_json_file"]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -85,6 +85,42 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_json_file(path: Path, expect: type | None = None) -> Any:
+    """``path`` parsed as JSON; :class:`CorruptRunFolderError` says which file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptRunFolderError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptRunFolderError(f"{path}: not valid JSON ({exc}); it may be truncated. Nothing was changed")\
+            from None
+    if expect is not None and not isinstance(data, expect):
+        raise CorruptRunFolderError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                                    f"found {type(data).__name__}. Nothing was changed")
+    return data
+
+
+def _usable_parent(parent: Path) -> None:
+    """A parent folder for run folders: created if missing; a file, or a folder we cannot write to, is refused."""
+    if parent.exists() and not parent.is_dir():
+        raise RunFolderError(f"--out {str(parent)!r} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(f"--out {str(parent)!r}: a file is in the way") from None
+    except PermissionError:
+        raise RunFolderError(f"cannot create {str(parent)!r}: permission denied; choose another --out") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunFolderError(f"cannot write to {str(parent)!r}: permission denied; choose another --out")
+
+
+def _flock(handle: Any) -> None:
+    """An exclusive, non-blocking lock on an open file (BlockingIOError when another process holds it)."""
+    import fcntl
+
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def slugify(text: str, max_len: int = 48) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:max_len].rstrip("-") or "run"
@@ -104,26 +140,97 @@ def environment_versions() -> dict[str, str]:
 
 
 class RunFolder:
-    """One investigation's folder. Every write goes through it, is atomic, and stays inside it."""
+    """One investigation's folder. Every write goes through it, is atomic, and stays inside it.
+
+    ``RunFolder.create`` makes a new folder under a unique name (``mkdir`` that fails when the name is taken, then
+    the next name: two processes never share one); ``RunFolder.open`` reopens an existing one for a resume, after
+    checking that its manifest reads; ``lock()`` claims it for this process (released on exit, even on a kill).
+    """
 
     SUBDIRS = ("profile", "tables", "figures")
+    LOCK = ".lock"
+    _TEMPORARY = re.compile(r"^\.(?!lock$).+\.(?:old-\d+|[a-z0-9_]{8}(?:\.tmp)?)$")  # atomic writes' leftovers
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        for sub in self.SUBDIRS:
-            (self.root / sub).mkdir(exist_ok=True)
+        self._lock_handle: Any = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub in self.SUBDIRS:
+                (self.root / sub).mkdir(exist_ok=True)
+        except FileExistsError:
+            raise RunFolderError(f"cannot use {str(self.root)!r} as a run folder: a file is in the way") from None
+        except PermissionError:
+            raise RunFolderError(f"cannot write to {str(self.root)!r}: permission denied; choose another --out"
+                                 ) from None
 
     @classmethod
     def create(cls, parent: str | os.PathLike[str] = "runs", slug: str = "run",
                now: _dt.datetime | None = None) -> RunFolder:
+        """A new folder ``<parent>/<stamp>-<slug>`` (``-2``, ``-3``, ... when the name is taken, even by a process
+        that took it a moment ago)."""
         stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
         base = Path(parent) / f"{stamp}-{slugify(slug)}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
+        _usable_parent(Path(parent))
+        for n in range(1, 10_000):
+            path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+            try:
+                path.mkdir()  # atomic: exactly one process creates a given name
+            except FileExistsError:
+                continue
+            except PermissionError:
+                raise RunFolderError(f"cannot create a run folder in {str(parent)!r}: permission denied; "
+                                     "choose another --out") from None
+            return cls(path)
+        raise RunFolderError(f"no free run folder name under {str(parent)!r} for {base.name!r}")
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> RunFolder:
+        """An existing run folder, to resume: it must hold a ``manifest.json`` that reads as a JSON object. Checked
+        before anything is created or written there."""
+        path = Path(root)
+        if not path.is_dir():
+            raise RunFolderError(f"cannot resume {str(root)!r}: no such folder")
+        if not (path / "manifest.json").is_file():
+            raise RunFolderError(f"cannot resume {str(root)!r}: no manifest.json there (not a run folder)")
+        read_json_file(path / "manifest.json", dict)
         return cls(path)
+
+    def lock(self) -> RunFolder:
+        """Claim the folder for this process; :class:`RunFolderBusyError` if another process holds it. The lock is
+        an OS file lock: it goes when the process ends, however it ends."""
+        if self._lock_handle is not None:
+            return self
+        handle = open(self.root / self.LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open while locked
+        try:
+            _flock(handle)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusyError(f"{str(self.root)!r} is in use by another process (pid {holder}); wait for it "
+                                     "to finish, or use another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_handle = handle
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing the file releases the lock
+            self._lock_handle = None
+
+    def clean_temporaries(self) -> list[Path]:
+        """Remove what interrupted atomic writes left behind (temporary files and folders, ``.profile.*``); call it
+        while holding the lock, so no live writer's temporary goes. Returns what was removed."""
+        removed = []
+        for path in sorted(self.root.rglob(".*")):
+            if self._TEMPORARY.match(path.name) and path.exists():
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+                removed.append(path)
+        return removed
 
     def path_for(self, relative: str | os.PathLike[str]) -> Path:
         """Absolute path of ``relative`` inside the folder; anything that escapes it is refused."""
@@ -141,8 +248,10 @@ class RunFolder:
     def write_json(self, relative: str, data: Any) -> Path:
         return atomic_write_json(self.path_for(relative), data)
 
-    def read_json(self, relative: str) -> Any:
-        return json.loads(self.path_for(relative).read_text(encoding="utf-8"))
+    def read_json(self, relative: str, expect: type | None = None) -> Any:
+        """A JSON file of the folder; :class:`CorruptRunFolderError` (naming the file and the problem) when it does
+        not read as JSON, or is not an ``expect`` (dict, list)."""
+        return read_json_file(self.path_for(relative), expect)
 
     def append_jsonl(self, relative: str, record: dict[str, Any]) -> None:
         """Append one line (a single write of a whole line, so a crash never leaves half a record)."""
@@ -163,7 +272,7 @@ class RunFolder:
         manifest = {"created": _dt.datetime.now().isoformat(timespec="seconds"), "versions": environment_versions()}
         path = self.path_for("manifest.json")
         if path.exists():
-            manifest.update(json.loads(path.read_text(encoding="utf-8")))
+            manifest.update(read_json_file(path, dict))
         manifest.update(fields)
         return self.write_json("manifest.json", manifest)
 

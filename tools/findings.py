@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neuron_core.errors import InputError
+from neuron_core.errors import CorruptRunFolderError, InputError
 from neuron_core.store import RunFolder
 
 __all__ = ["Finding", "FindingsDocument", "FindingStore", "FindingKind", "Quantity", "Label", "Verdict",
@@ -233,7 +233,13 @@ class FindingStore:
         self._items: list[Finding] = []
         path = run.path_for(self.FILE)
         if path.exists():
-            doc = FindingsDocument.model_validate_json(path.read_text(encoding="utf-8"))
+            try:
+                doc = FindingsDocument.model_validate_json(path.read_bytes())
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                raise CorruptRunFolderError(
+                    f"{path}: not a findings document ({'.'.join(str(p) for p in problem['loc']) or 'file'}: "
+                    f"{problem['msg']}); it may be truncated. Nothing was changed") from None
             self._items = list(doc.findings)
 
     def add(self, *, kind: FindingKind, claim: str, artifact: str, source: str, neurons: list[str] | None = None,

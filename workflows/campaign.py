@@ -17,17 +17,24 @@ or a mapping with defaults applied to every request (a request may override them
       - investigate layer 3 of smollm2-135m
       - {request: investigate layer 6 of smollm2-135m, max_neurons: 32}
 
-Options: model, layers, corpus, max_tokens, max_neurons, top_n, llm, device, seed, embedder. Each request gets its own
-run folder inside ``<out>/<name>-<timestamp>/``; models load once for the whole campaign. ``campaign.json`` (and
-``campaign.md``) list each request's status, reason and report. Exit status: 0 when every run is done, else the
-first failing run's status (1 failed, 2 rejected, 3 stopped).
+Options: model, layers, corpus, max_tokens, max_neurons, top_n, llm, device, seed, embedder (checked by the same
+rules as ``workflows.run``'s flags). The campaign's folder is ``<out>/<name>/``, locked while a campaign runs in it;
+each experiment (a request with its options) gets its own run folder inside ``<key>/``, where ``key`` hashes the
+experiment; an entry repeated word for word runs once. Models load once for the whole campaign. ``campaign.json``
+(and ``campaign.md``) list each entry's status, reason and report, after every experiment.
+
+Started again (after Ctrl-C, a kill, a crash), a campaign skips the experiments that are done, resumes the one that
+was cut off and runs the rest. Exit status: 0 when every run is done; 130 when interrupted (Ctrl-C: run the same
+command again to go on); 2 for a bad campaign file or a folder another campaign is using; else the first failing
+run's status (1 failed, 2 rejected, 3 stopped).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
+import hashlib
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,23 +42,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from workflows.investigation import RequestOptions
+
 __all__ = ["Campaign", "CampaignItem", "load_campaign", "run_campaign", "main"]
 
 
-class CampaignItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CampaignItem(RequestOptions):
+    """One experiment of a campaign: a request and its options, with the ranges every entry point checks."""
 
-    request: str = Field(min_length=1)
-    model: str | None = None
-    layers: list[int] | None = None
-    corpus: str | None = None
-    max_tokens: int | None = Field(default=None, ge=64)
-    max_neurons: int | None = Field(default=None, ge=1)
-    top_n: int | None = Field(default=None, ge=1)
-    llm: str | None = None
-    device: str | None = None
-    seed: int = 0
-    embedder: str | None = None
+    @property
+    def key(self) -> str:
+        """The experiment's identity: a hash of its request and options. Two entries with one key are one
+        experiment (it runs once); a campaign started again finds an experiment's run folder by it."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 class Campaign(BaseModel):
@@ -93,41 +97,104 @@ def load_campaign(path: str | Path) -> Campaign:
 
 class ItemResult(BaseModel):
     request: str
+    key: str
     status: str
     exit_code: int
     reason: str
     run_dir: str | None
     report: str | None
+    resumed: bool = False
+    duplicate_of: int | None = None  # 1-based index of the entry whose experiment this is
+
+
+def _latest_run(parent: Path) -> Path | None:
+    """The newest run folder of an experiment (folders with a manifest), or None."""
+    runs = sorted(p for p in parent.glob("*/manifest.json")) if parent.is_dir() else []
+    return runs[-1].parent if runs else None
+
+
+def _stored_result(item: CampaignItem, run_dir: Path) -> ItemResult | None:
+    """A finished experiment's result, read back from its run folder's manifest (None unless it is done)."""
+    from neuron_core.store import read_json_file
+
+    manifest = read_json_file(run_dir / "manifest.json", dict)
+    if manifest.get("status") != "done":
+        return None
+    return ItemResult(request=item.request, key=item.key, status="done", exit_code=0,
+                      reason=str(manifest.get("reason") or ""), run_dir=str(run_dir),
+                      report=manifest.get("report"))
+
+
+async def _run_item(item: CampaignItem, root: Path, settings: Any, shared: dict[str, Any]) -> ItemResult:
+    """One experiment in ``root/<key>/``: skipped when a run there is done, resumed when one is unfinished (and got
+    as far as a plan), else started."""
+    from workflows.investigation import Investigation, RunOptions
+
+    parent = root / item.key
+    previous = _latest_run(parent)
+    if previous is not None:
+        done = _stored_result(item, previous)
+        if done is not None:
+            return done
+    resume = previous is not None and bool(json.loads((previous / "manifest.json").read_text()).get("plan"))
+    options = RunOptions(**item.model_dump(), out=str(parent), resume=str(previous) if resume else None)
+    result = await Investigation(options, settings, models=shared).run()
+    return ItemResult(request=item.request, key=item.key, status=result.status, exit_code=result.exit_code,
+                      reason=result.reason, run_dir=result.run_dir, report=result.report, resumed=resume)
 
 
 async def run_campaign(campaign: Campaign, out: str | Path, settings: Any = None, *, echo: Any = None,
                        models: dict[str, Any] | None = None) -> tuple[Path, list[ItemResult]]:
-    """Run every request in order into one folder; returns the folder and one result per request."""
+    """Run every experiment of a campaign in order into ``<out>/<name>/``; returns the folder and one result per
+    entry. The folder is locked while the campaign runs (a second process on it gets RunFolderBusyError). Started
+    again, a campaign skips the experiments that are done, resumes the unfinished one and runs the rest: its summary
+    is the one an uninterrupted run writes. Ctrl-C stops it after the current experiment is stopped cleanly (exit
+    code 130 in that entry's result; the entries after it are not run)."""
     from agents.settings import WorkbenchSettings
     from neuron_core.store import RunFolder, slugify
-    from workflows.investigation import Investigation, RunOptions
+    from workflows.investigation import EXIT_INTERRUPTED
 
     settings = settings or WorkbenchSettings()
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = RunFolder(Path(out) / f"{slugify(campaign.name)}-{stamp}")
-    shared: dict[str, Any] = models if models is not None else {}
-    results: list[ItemResult] = []
-    for i, item in enumerate(campaign.requests, 1):
-        if echo is not None:
-            echo(f"[{i}/{len(campaign.requests)}] {item.request}")
-        options = RunOptions(**item.model_dump(), out=str(folder.root))
-        result = await Investigation(options, settings, models=shared).run()
-        results.append(ItemResult(request=item.request, status=result.status, exit_code=result.exit_code,
-                                  reason=result.reason, run_dir=result.run_dir, report=result.report))
-        if echo is not None:
-            echo(f"    {result.status}: {result.report or result.reason}")
-        folder.write_json("campaign.json", {"name": campaign.name, "results": [r.model_dump() for r in results]})
+    folder = RunFolder(Path(out) / slugify(campaign.name)).lock()
+    try:
+        folder.clean_temporaries()
+        shared: dict[str, Any] = models if models is not None else {}
+        results: list[ItemResult] = []
+        first_of: dict[str, int] = {}
+        for i, item in enumerate(campaign.requests, 1):
+            if echo is not None:
+                echo(f"[{i}/{len(campaign.requests)}] {item.request}")
+            if item.key in first_of:
+                result = results[first_of[item.key] - 1].model_copy(update={"duplicate_of": first_of[item.key]})
+            else:
+                first_of[item.key] = i
+                result = await _run_item(item, folder.root, settings, shared)
+            results.append(result)
+            if echo is not None:
+                how = f" (same as #{result.duplicate_of})" if result.duplicate_of else (
+                    " (resumed)" if result.resumed else "")
+                echo(f"    {result.status}{how}: {result.report or result.reason}")
+            _write_summary(folder, campaign, results)
+            if result.exit_code == EXIT_INTERRUPTED:
+                break
+        return folder.root, results
+    finally:
+        folder.unlock()
+
+
+def _write_summary(folder: Any, campaign: Campaign, results: list[ItemResult]) -> None:
+    """``campaign.json`` and ``campaign.md``: every entry, the ones not run yet marked so."""
+    rows = [r.model_dump() for r in results] + [
+        {"request": item.request, "key": item.key, "status": "not run"} for item in campaign.requests[len(results):]]
+    folder.write_json("campaign.json", {"name": campaign.name, "complete": len(results) == len(campaign.requests),
+                                        "results": rows})
     lines = [f"# Campaign: {campaign.name}", "", "| # | request | status | report |", "|---|---|---|---|"]
-    for i, r in enumerate(results, 1):
-        link = f"[report]({Path(r.report).relative_to(folder.root)})" if r.report else r.reason.replace("|", "/")
-        lines.append(f"| {i} | {r.request.replace('|', '/')} | {r.status} | {link} |")
+    for i, r in enumerate(rows, 1):
+        report = r.get("report")
+        link = f"[report]({Path(report).relative_to(folder.root)})" if report else str(r.get("reason") or "")
+        status = r["status"] + (f" (same as #{r['duplicate_of']})" if r.get("duplicate_of") else "")
+        lines.append(f"| {i} | {r['request'].replace('|', '/')} | {status} | {link.replace('|', '/')} |")
     folder.write_text("campaign.md", "\n".join(lines) + "\n")
-    return folder.root, results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,10 +213,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.llm:
         campaign = campaign.model_copy(update={"requests": [
             item.model_copy(update={"llm": item.llm or args.llm}) for item in campaign.requests]})
+    from neuron_core.errors import RunFolderError
+    from workflows.investigation import EXIT_INTERRUPTED
+
     settings = WorkbenchSettings()
-    folder, results = asyncio.run(run_campaign(campaign, args.out or settings.runs_dir, settings,
-                                               echo=lambda line: print(line, flush=True)))
+    try:
+        folder, results = asyncio.run(run_campaign(campaign, args.out or settings.runs_dir, settings,
+                                                   echo=lambda line: print(line, flush=True)))
+    except RunFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
+        from agents.runner import interrupt_worker
+
+        interrupt_worker(timeout=10)
+        print("interrupted; run the same command again to go on", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"campaign: {folder / 'campaign.md'}")
+    if results and results[-1].exit_code == EXIT_INTERRUPTED:
+        print(f"interrupted after {len(results) - 1} of {len(campaign.requests)} experiments; run the same command "
+              "again to go on (finished experiments are not run again)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     failing = [r for r in results if r.exit_code != 0]
     if failing:
         print(f"error: {len(failing)} of {len(results)} runs did not finish; first: {failing[0].reason}",

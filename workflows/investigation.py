@@ -14,8 +14,9 @@ prose-only model may add a sentence or two that pass the findings check and do n
 whole run is bounded by ``asyncio.wait_for`` (never a
 CancellationToken during a tool call: autogen#7956); budgets stop it cleanly with a partial report.
 
-Exit codes: 0 done, 1 failed, 2 request rejected (impossible, unknown model, bad settings), 3 stopped (a budget ran
-out, or the LLM became unavailable) with a partial report.
+Exit codes: 0 done, 1 failed, 2 request rejected (impossible, unknown model, bad settings, a run folder that cannot
+be used), 3 stopped (a budget ran out, or the LLM became unavailable) with a partial report, 130 interrupted (Ctrl-C),
+resumable.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import asyncio
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import (
     ROLES,
@@ -53,9 +53,10 @@ from agents import (
     validate_plan,
 )
 from agents.prose import ProseFilter, filter_prose
-from agents.runner import default_torch_threads, set_worker_threads
+from agents.runner import default_torch_threads, interrupt_worker, set_worker_threads
 from agents.scripted import layer_phrase, plural, scripted_narrative
 from agents.tasks import analyst_task, capturer_task, critic_task, planner_task, visualizer_task
+from neuron_core.errors import CorruptRunFolderError
 from neuron_core.store import RunFolder
 from tools import ReportInput, ToolCallRecord, ToolContext, ToolOutcome, call_tool, check_claims, remove_sentences
 from tools.claims import split_sentences
@@ -64,9 +65,10 @@ from tools.findings import Label, Quantity, quantities_of, ref_parts
 from tools.polysemantic import load_detections
 from workflows.stateflow import Budget, BudgetExceeded, BudgetTracker, State, StateMachine, Trace
 
-__all__ = ["Investigation", "RunOptions", "RunResult", "EXIT_OK", "EXIT_FAILED", "EXIT_REJECTED", "EXIT_STOPPED"]
+__all__ = ["Investigation", "RequestOptions", "RunOptions", "option_error", "RunResult", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_REJECTED", "EXIT_STOPPED", "EXIT_INTERRUPTED"]
 
-EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_MODEL = "smollm2-135m"
 PROSE_SENTENCES = 2  # sentences a prose-only model may add to the deterministic narrative
 VERDICT_SENTENCES = 1  # ... and to the Critic's verdict
@@ -84,23 +86,39 @@ class Fatal(Exception):  # noqa: N818
     """An unrecoverable failure (a tool error that retrying cannot fix)."""
 
 
-@dataclass
-class RunOptions:
+class RequestOptions(BaseModel):
+    """A request and the options that shape it, with their allowed ranges: one home for every entry point (the
+    ``run`` flags, a campaign's entries, the chat). 0 and negative sizes are refused, never read as "unset"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(min_length=1, max_length=4000)
+    model: str | None = Field(default=None, min_length=1)
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    corpus: str | None = Field(default=None, min_length=1)
+    max_tokens: int | None = Field(default=None, ge=64, le=1_000_000_000, description="corpus tokens to profile")
+    max_neurons: int | None = Field(default=None, ge=1, le=1_000_000, description="neurons per layer analysed")
+    top_n: int | None = Field(default=None, ge=1, le=1_000, description="neurons reported in detail")
+    llm: str | None = None
+    device: str | None = None
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    embedder: Literal["auto", "subject", "minilm", "hidden"] | None = None
+
+
+class RunOptions(RequestOptions):
     """What the CLI passes: the request and the explicit flags (which win over the parser and the Planner)."""
 
-    request: str
-    model: str | None = None
-    layers: list[int] | None = None
-    corpus: str | None = None
-    max_tokens: int | None = None
-    max_neurons: int | None = None
-    top_n: int | None = None
-    llm: str | None = None
-    out: str | None = None
-    resume: str | None = None
-    device: str | None = None
-    seed: int = 0
-    embedder: str | None = None
+    out: str | None = Field(default=None, min_length=1)
+    resume: str | None = Field(default=None, min_length=1)
+
+
+def option_error(exc: ValidationError) -> str:
+    """A validation error of :class:`RunOptions` as the user typed it: ``--max-tokens: must be >= 64 (got 0)``."""
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "option"
+    flag = name if name == "request" else "--" + name.replace("_", "-")
+    got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+    return f"{flag}: {first['msg']}{got}"
 
 
 class RunResult(BaseModel):
@@ -159,19 +177,13 @@ class Investigation:
         s, o = self.settings, self.options
         self.choice = choose_backend(s, o.llm)
         set_worker_threads(s.torch_threads or default_torch_threads())
-        if o.resume:
-            if not Path(o.resume, "manifest.json").exists():
-                raise ValueError(f"cannot resume {o.resume!r}: no manifest.json there")
-            self.folder = RunFolder(o.resume)
-            stored = self.folder.read_json("manifest.json").get("request")
-            if stored:
-                self.options.request = stored  # the resumed run's own request (its plan is read in PLAN)
-        else:
-            self.folder = RunFolder.create(o.out or s.runs_dir, slug=o.request[:60])
-        self.trace = Trace(self.folder, secrets=s.secrets(), echo=self.echo)
+        self.folder = self._open_resumed() if o.resume else RunFolder.create(o.out or s.runs_dir,
+                                                                              slug=o.request[:60]).lock()
         self.ctx = ToolContext(self.folder, device=o.device or s.device, embedder=o.embedder or s.embedder, seed=o.seed,
                                n_null=s.detector_n_null, ablation=s.detector_ablation, models=self.models,
                                on_call=self._on_tool)
+        _ = self.ctx.findings  # a resumed run's findings.json is read (and checked) before anything is written
+        self.trace = Trace(self.folder, secrets=s.secrets(), echo=self.echo)
         self.budget = BudgetTracker(Budget(s.max_llm_calls, s.max_llm_tokens, s.max_wall_seconds))
         self.machine = StateMachine(max_revisions=s.max_revisions, max_retries=s.max_state_retries,
                                     on_event=self.trace.event)
@@ -192,6 +204,25 @@ class Investigation:
                                             max_tool_iterations=s.max_tool_iterations, on_event=self.trace.event,
                                             limits=self.limits)
 
+    def _open_resumed(self) -> RunFolder:
+        """The run folder to resume, checked before anything there changes: locked against a second process, its
+        manifest and stored plan readable (else a :class:`CorruptRunFolderError` that names the file), and the
+        temporaries an interrupted write left behind removed."""
+        folder = RunFolder.open(str(self.options.resume)).lock()
+        manifest = folder.read_json("manifest.json", dict)
+        stored_plan = manifest.get("plan")
+        if stored_plan:
+            try:
+                self.plan = Plan.model_validate(stored_plan)
+            except ValidationError as exc:
+                folder.unlock()
+                raise CorruptRunFolderError(f"{folder.root / 'manifest.json'}: its plan is not valid "
+                                            f"({exc.errors()[0]['msg']}). Nothing was changed") from None
+        if manifest.get("request"):
+            self.options.request = str(manifest["request"])  # the resumed run's own request
+        folder.clean_temporaries()
+        return folder
+
     def _on_tool(self, record: ToolCallRecord) -> None:
         self.trace.event("tool_call", **record.model_dump(mode="json"))
 
@@ -205,21 +236,41 @@ class Investigation:
 
     # ------------------------------------------------------------------------------------------ the loop
     async def run(self) -> RunResult:
+        """The whole run. Ctrl-C (the task cancelled by ``asyncio.run``) stops it cleanly: the model worker's job is
+        interrupted and waited for, the manifest says ``stopped`` with how to resume, the trace gets its end record,
+        and the result's exit code is 130."""
         try:
             self._setup()
-        except ValueError as exc:  # a backend that cannot work as configured
+        except ValueError as exc:  # a backend that cannot work as configured, a folder that cannot be used
+            if getattr(self, "folder", None) is not None:
+                self.folder.unlock()
             return RunResult(status="failed", exit_code=EXIT_REJECTED, reason=str(exc))
         try:
             await asyncio.wait_for(self._loop(), timeout=self.settings.max_wall_seconds)
         except TimeoutError:
             self._stop("wall_time", f"wall-time budget of {self.settings.max_wall_seconds:g}s exhausted")
+        except asyncio.CancelledError:
+            self._interrupted()
         finally:
             if self.guarded is not None:
                 try:
                     await self.guarded.close()
                 except Exception as exc:  # noqa: BLE001 - closing must not hide the run's result
                     self.trace.event("close_error", error=str(exc))
-        return self._result()
+        try:
+            return self._result()
+        finally:
+            self.folder.unlock()
+
+    def _interrupted(self) -> None:
+        idle = interrupt_worker()
+        self.trace.event("interrupt", worker_stopped=idle)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled here: the caller (a campaign, the chat) goes on to its own clean end
+        self._stop("interrupt", f"interrupted (Ctrl-C); resume with: python -m workflows.run --resume "
+                                f"{self.folder.root}")
+        self.exit_code = EXIT_INTERRUPTED
 
     def _result(self) -> RunResult:
         states = [a.value for a, _ in self.machine.history] + ([self.machine.state.value] if self.machine.history
@@ -373,10 +424,6 @@ class Investigation:
     async def _plan(self) -> Step:
         o, s = self.options, self.settings
         error = self.errors.pop(State.PLAN, "")
-        if o.resume and self.plan is None and self.folder.path_for("manifest.json").exists():
-            stored = self.folder.read_json("manifest.json").get("plan")
-            if stored:
-                self.plan = Plan.model_validate(stored)
         try:
             draft = self.plan or parse_request(o.request, default_model=o.model or DEFAULT_MODEL,
                                                max_tokens=o.max_tokens or s.max_tokens,

@@ -9,8 +9,9 @@ Usage::
         --base-url http://localhost:11434/v1 --llm-model llama3.1
 
 Prints one line per state (and per tool call), then the report's path. Exit status: 0 done; 1 failed; 2 the request
-was rejected before any capture (impossible layer, unknown model, bad option); 3 stopped by a budget or an
-unavailable LLM, with a partial report. Settings come from the environment or ``.env`` (see ``.env.example``); flags
+was rejected before any capture (impossible layer, unknown model, bad option, a run folder that cannot be used);
+3 stopped by a budget or an unavailable LLM, with a partial report; 130 interrupted by Ctrl-C (the manifest says how to
+resume). Settings come from the environment or ``.env`` (see ``.env.example``); flags
 win over both.
 """
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     from agents.settings import BACKENDS
 
     p = argparse.ArgumentParser(prog="python -m workflows.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("request", help='what to investigate, e.g. "investigate layer 6 of smollm2-135m"')
+    p.add_argument("request", nargs="?", help='what to investigate, e.g. "investigate layer 6 of smollm2-135m" '
+                   "(with --resume: the run's own request)")
     p.add_argument("--model", help="model alias, HF id or local path (overrides the request)")
     p.add_argument("--layers", type=parse_layers, help="layers, e.g. 6 or 3-5 or 2,4 (overrides the request)")
     p.add_argument("--corpus", help="'builtin', a .txt (one document per line) or .jsonl file, or a folder")
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from agents.settings import WorkbenchSettings
-    from workflows.investigation import EXIT_REJECTED, Investigation, RunOptions
+    from workflows.investigation import EXIT_INTERRUPTED, EXIT_REJECTED, Investigation, RunOptions, option_error
 
     overrides: dict[str, Any] = {}
     for flag, name in (("llm_model", None), ("base_url", "llm_base_url"), ("max_llm_calls", "max_llm_calls"),
@@ -131,15 +133,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return EXIT_REJECTED
-    options = RunOptions(request=args.request, model=args.model, layers=args.layers, corpus=args.corpus,
-                         max_tokens=args.max_tokens, max_neurons=args.max_neurons, top_n=args.top_n, llm=args.llm,
-                         out=args.out, resume=args.resume, device=args.device, seed=args.seed, embedder=args.embedder)
+    try:
+        options = RunOptions(request=args.request or ("(resumed)" if args.resume else ""), model=args.model,
+                             layers=args.layers, corpus=args.corpus, max_tokens=args.max_tokens,
+                             max_neurons=args.max_neurons, top_n=args.top_n, llm=args.llm, out=args.out,
+                             resume=args.resume, device=args.device, seed=args.seed, embedder=args.embedder)
+    except ValidationError as exc:
+        print(f"error: {option_error(exc)}", file=sys.stderr)
+        return EXIT_REJECTED
     investigation = Investigation(options, settings, echo=_echo(args.quiet))
     try:
         result = asyncio.run(investigation.run())
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
+        from agents.runner import interrupt_worker
+
+        interrupt_worker(timeout=10)
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    if result.exit_code == EXIT_INTERRUPTED:
+        print(f"interrupted: {result.reason.removeprefix('stopped: ')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if result.status == "done":
         print(f"report: {result.report}")
         html = result.report[:-3] + ".html" if result.report else None

@@ -62,8 +62,9 @@ def load_profile(layers: list[int], interface: Any = None) -> Any:
 
     if CACHE.exists():
         prof = NeuronProfile.load(CACHE)
-        if all(f"blocks.{layer}.mlp.hook_post" in prof.site_names for layer in layers):
-            return prof
+        sites = [f"blocks.{layer}.mlp.hook_post" for layer in layers]
+        if all(site in prof.site_names and prof[site].token_sample() for site in sites):  # else: saved before
+            return prof                                                                     # the token reservoir
     prof = profile(interface or load_interface(), [f"layer {layer}" for layer in sorted(set(layers))], "builtin",
                    max_tokens=MAX_TOKENS, progress=False)
     CACHE.parent.mkdir(exist_ok=True)

@@ -175,8 +175,9 @@ def random_contexts(source: NeuronProfile | ActivationRecord, site: str, n: int,
                     before: int = 8, after: int = 2) -> list[Context]:
     """Up to ``n`` contexts of random tokens of a site, not selected by any one neuron: the null's raw material.
 
-    From a record: uniform over its tokens. From a profile: the union of every neuron's uniform sample of active
-    tokens, visited in random neuron order (a broad draw over the corpus)."""
+    From a record: uniform over its tokens. From a profile: its site's token reservoir (a uniform sample of all its
+    tokens); for a profile saved without one, the union of the neurons' samples of active tokens (they share one
+    hash, so the union is small: a few hundred tokens)."""
     rng = np.random.default_rng(seed)
     out: dict[tuple[int, int], Context] = {}
     if isinstance(source, ActivationRecord):
@@ -188,7 +189,11 @@ def random_contexts(source: NeuronProfile | ActivationRecord, site: str, n: int,
             out[(int(doc_ids[i]), i)] = _record_context(source, doc_ids, ids_all, i, 0.0, True, before, after)
         return list(out.values())
     view = source[site]
-    for neuron in rng.permutation(view.n_neurons):
+    reservoir = view.token_sample()
+    if reservoir:
+        picks = rng.permutation(len(reservoir))[:n]
+        return [context_from_example(reservoir[int(i)], None, True, before, after) for i in picks]
+    for neuron in rng.permutation(view.n_neurons):  # a profile saved before the reservoir: the neurons' samples
         for ex in view.examples(int(neuron), "sample"):
             key = (ex.doc_id, ex.position)
             if key not in out:

@@ -146,6 +146,29 @@ def test_sample_is_batching_independent_and_exact(data):
     assert torch.all(a.sample.doc[0] == -1)  # a dead neuron has no active samples
 
 
+def test_token_reservoir_is_uniform_over_all_tokens_and_batching_independent(data):
+    acts, doc, pos, ctx = data
+    cfg = StatsConfig(top_k=3, bottom_k=0, n_samples=4, n_reservoir=50)
+    a, b, first, second = (SiteStats(N, config=cfg) for _ in range(4))
+    _feed(a, acts, doc, pos, ctx, [3000])
+    _feed(b, acts, doc, pos, ctx, [7, 93, 900, 2000])
+    # brute force: among every token (active for some neuron or not), the 50 with the smallest priority
+    chosen = torch.argsort(token_priority(doc, pos))[:50]
+    expected = set(zip(doc[chosen].tolist(), pos[chosen].tolist()))
+    for stats in (a, b):
+        assert set(zip(stats.tokens.doc[0].tolist(), stats.tokens.pos[0].tolist())) == expected
+    # kept in key order (the smallest priority first), each with its own context
+    np.testing.assert_array_equal(a.tokens.ctx[0].numpy(), ctx[chosen].numpy())
+    _feed(first, acts[:1200], doc[:1200], pos[:1200], ctx[:1200], [1200])
+    _feed(second, acts[1200:], doc[1200:], pos[1200:], ctx[1200:], [1800])
+    merged = first.merge(second)
+    assert torch.equal(merged.tokens.doc, a.tokens.doc) and torch.equal(merged.tokens.pos, a.tokens.pos)
+    loaded = SiteStats.from_state_dict(a.state_dict("s"), a.config_dict(), "s")
+    assert torch.equal(loaded.tokens.ctx, a.tokens.ctx)
+    old = {k: v for k, v in a.state_dict("s").items() if ".tokens." not in k}  # saved before the reservoir
+    assert torch.all(SiteStats.from_state_dict(old, a.config_dict(), "s").tokens.doc == -1)
+
+
 def test_histogram_counts(data):
     acts, doc, pos, ctx = data
     stats = SiteStats(N, config=StatsConfig(top_k=2, bottom_k=0, n_samples=0))

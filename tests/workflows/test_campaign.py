@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from agents import WorkbenchSettings
 from neuron_core import ModelInterface
+from neuron_core.errors import RunFolderBusyError
+from neuron_core.store import RunFolder
 from tests.conftest import make_tiny_gpt2
 from workflows.campaign import load_campaign, run_campaign
 from workflows.chat import ChatSession
@@ -47,19 +50,71 @@ def test_load_campaign_forms_and_errors(tmp_path):
 def test_campaign_runs_every_request_into_one_folder(tmp_path, tiny_models):
     spec = tmp_path / "c.yaml"
     spec.write_text("name: tiny\nrequests:\n  - investigate layer 1 of tiny-gpt2\n"
-                    "  - explain neuron 0/5 of tiny-gpt2\n  - investigate layer 9 of tiny-gpt2\n")
+                    "  - explain neuron 0/5 of tiny-gpt2\n  - investigate layer 9 of tiny-gpt2\n"
+                    "  - investigate layer 1 of tiny-gpt2\n")
     lines = []
     folder, results = asyncio.run(run_campaign(load_campaign(spec), tmp_path / "out", _settings(tmp_path),
                                                echo=lines.append, models=tiny_models))
-    assert [r.status for r in results] == ["done", "done", "failed"]
+    assert folder == (tmp_path / "out" / "tiny").resolve()
+    assert [r.status for r in results] == ["done", "done", "failed", "done"]
     assert results[2].exit_code == 2 and "out of range" in results[2].reason
-    assert all(Path(r.run_dir).parent == folder for r in results)
+    assert all(Path(r.run_dir).parent.parent == folder for r in results)
+    # the repeated entry is the same experiment: run once, listed twice
+    assert results[3].duplicate_of == 1 and results[3].run_dir == results[0].run_dir
+    assert len(list(folder.glob("*/*/manifest.json"))) == 3
     summary = json.loads((folder / "campaign.json").read_text())
-    assert [r["status"] for r in summary["results"]] == ["done", "done", "failed"]
-    assert "| 1 | investigate layer 1 of tiny-gpt2 | done | [report](" in (folder / "campaign.md").read_text()
+    assert summary["complete"] and [r["status"] for r in summary["results"]] == ["done", "done", "failed", "done"]
+    md = (folder / "campaign.md").read_text()
+    assert "| 1 | investigate layer 1 of tiny-gpt2 | done | [report](" in md and "done (same as #1)" in md
     explain = json.loads(Path(results[1].run_dir, "findings.json").read_text())["findings"]
     assert any(f["neurons"] == ["L0/N5"] and f["kind"] in ("polysemantic", "neuron_verdict") for f in explain)
-    assert lines[0].startswith("[1/3]")
+    assert lines[0].startswith("[1/4]")
+
+
+def test_a_campaign_started_again_runs_only_what_is_missing(tmp_path, tiny_models):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: again\nrequests:\n  - investigate layer 0 of tiny-gpt2\n"
+                    "  - investigate layer 1 of tiny-gpt2\n  - explain neuron 1/2 of tiny-gpt2\n")
+    campaign = load_campaign(spec)
+    folder, whole = asyncio.run(run_campaign(campaign, tmp_path / "out", _settings(tmp_path), models=tiny_models))
+    summary = json.loads((folder / "campaign.json").read_text())
+    # as if killed during the second experiment, before the third: the second's run stopped, the third never began
+    first_trace = Path(whole[0].run_dir, "trace.jsonl").read_bytes()
+    second = Path(whole[1].run_dir)
+    manifest = json.loads((second / "manifest.json").read_text())
+    (second / "manifest.json").write_text(json.dumps({**manifest, "status": "stopped", "report": None}))
+    (second / "report.md").unlink()
+    shutil.rmtree(Path(whole[2].run_dir).parent)
+    (folder / "campaign.json").write_text(json.dumps({**summary, "results": summary["results"][:1]}))
+    _, again = asyncio.run(run_campaign(campaign, tmp_path / "out", _settings(tmp_path), models=tiny_models))
+    assert [r.status for r in again] == ["done"] * 3
+    assert Path(again[0].run_dir, "trace.jsonl").read_bytes() == first_trace  # done: not run again
+    assert again[1].resumed and again[1].run_dir == whole[1].run_dir and Path(again[1].report).exists()
+    assert not again[2].resumed and again[2].run_dir != whole[2].run_dir
+    assert [r.request for r in again] == [r.request for r in whole]
+    after = json.loads((folder / "campaign.json").read_text())
+    assert after["complete"] and [r["status"] for r in after["results"]] == [r["status"] for r in summary["results"]]
+
+
+def test_two_campaigns_on_one_folder_are_stopped_by_the_lock(tmp_path, tiny_models):
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: busy\nrequests:\n  - investigate layer 0 of tiny-gpt2\n")
+    holder = RunFolder(tmp_path / "out" / "busy").lock()  # another process's campaign, as the OS sees it
+    try:
+        with pytest.raises(RunFolderBusyError, match="in use by another process"):
+            asyncio.run(run_campaign(load_campaign(spec), tmp_path / "out", _settings(tmp_path), models=tiny_models))
+    finally:
+        holder.unlock()
+    assert not (tmp_path / "out" / "busy" / "campaign.json").exists()
+
+
+def test_campaign_entries_are_checked_like_the_run_flags(tmp_path):
+    for bad, where in (("{request: x, max_tokens: 0}", "max_tokens"), ("{request: x, top_n: -1}", "top_n"),
+                       ("{request: x, max_neurons: 0}", "max_neurons"), ("{request: '', layers: [1]}", "request")):
+        spec = tmp_path / "bad.yaml"
+        spec.write_text(f"requests:\n  - {bad}\n")
+        with pytest.raises(ValueError, match=where):
+            load_campaign(spec)
 
 
 def test_chat_session_investigates_and_answers(tmp_path, tiny_models):

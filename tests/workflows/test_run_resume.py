@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from agents import WorkbenchSettings
 from neuron_core import ModelInterface
+from neuron_core.store import RunFolder
 from tests.conftest import make_tiny_gpt2
 from workflows.investigation import Investigation, RunOptions
 
@@ -39,3 +43,51 @@ def test_resume_reuses_plan_profile_and_findings(tmp_path, tok):
     assert not any(e["tool"] == "neuron_stats" for e in resumed)  # its finding was there: not redone
     findings_after = json.loads((run_dir / "findings.json").read_text())["findings"]
     assert [f["id"] for f in findings_after] == [f["id"] for f in findings_before]  # no duplicates
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tok):
+    """A finished tiny run, and what resuming it needs."""
+    root = tmp_path_factory.mktemp("runs")
+    models = {"tiny-gpt2": ModelInterface(make_tiny_gpt2(tok, n_layer=2), tokenizer=tok, name="tiny-gpt2")}
+    settings = WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(root), max_tokens=1200,
+                                 max_neurons=6, embedder="hidden", detector_n_null=20, detector_ablation=False)
+    result = asyncio.run(Investigation(RunOptions(request="investigate layer 1 of tiny-gpt2"), settings,
+                                       models=models).run())
+    assert result.status == "done"
+    return Path(result.run_dir), settings, models
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+@pytest.mark.parametrize("name, corrupt, problem", [
+    ("findings.json", lambda text: text[: len(text) // 2], "not a findings document"),
+    ("manifest.json", lambda text: text[: len(text) // 2], "not valid JSON"),
+    ("manifest.json", lambda text: "[1, 2]", "expected a JSON object, found list"),
+    ("manifest.json", lambda text: text.replace('"layers": [', '"layers": "x", "_": ['), "its plan is not valid"),
+])
+def test_resume_of_a_corrupt_run_names_the_file_and_changes_nothing(tmp_path, finished_run, name, corrupt, problem):
+    source, settings, models = finished_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    path = run_dir / name
+    path.write_text(corrupt(path.read_text()))
+    before = _snapshot(run_dir)
+    result = asyncio.run(Investigation(RunOptions(request="x", resume=str(run_dir)), settings, models=models).run())
+    assert result.exit_code == 2 and result.status == "failed"
+    assert name in result.reason and problem in result.reason
+    assert _snapshot(run_dir) == before  # never rewritten as failed, no trace line, no new folder
+
+
+def test_resume_of_a_folder_in_use_is_refused(finished_run):
+    run_dir, settings, models = finished_run
+    holder = RunFolder(run_dir).lock()
+    try:
+        result = asyncio.run(Investigation(RunOptions(request="x", resume=str(run_dir)), settings,
+                                           models=models).run())
+    finally:
+        holder.unlock()
+    assert result.exit_code == 2 and "in use by another process" in result.reason
