@@ -106,7 +106,7 @@ def make_client(choice: Choice, settings: WorkbenchSettings) -> ChatCompletionCl
     if choice.backend == "openai":
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         kwargs: dict[str, Any] = {"model": settings.openai_model, "api_key": key, "max_retries": 0,
-                                  "timeout": settings.llm_timeout}
+                                  "timeout": settings.llm_timeout, "max_tokens": settings.llm_max_reply_tokens}
         if settings.openai_base_url:
             kwargs["base_url"] = settings.openai_base_url
         return OpenAIChatCompletionClient(**kwargs)
@@ -114,7 +114,8 @@ def make_client(choice: Choice, settings: WorkbenchSettings) -> ChatCompletionCl
     info: ModelInfo = {"vision": False, "function_calling": choice.tool_calling, "json_output": False,
                        "family": "unknown", "structured_output": False, "multiple_system_messages": False}
     return OpenAIChatCompletionClient(model=settings.llm_model or "", base_url=settings.llm_base_url or "", api_key=key,
-                                      model_info=info, max_retries=0, timeout=settings.llm_timeout)
+                                      model_info=info, max_retries=0, timeout=settings.llm_timeout,
+                                      max_tokens=settings.llm_max_reply_tokens)
 
 
 def _retryable(exc: BaseException) -> tuple[bool, float | None]:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from tools.claims import check_claims, split_sentences
 from tools.findings import Finding
 
-__all__ = ["DroppedSentence", "ProseFilter", "filter_prose", "loop_in", "shared_phrase"]
+__all__ = ["DroppedSentence", "ProseFilter", "filter_prose", "loop_in", "reply_loop", "shared_phrase"]
 
 DropReason = Literal["fragment", "repeats itself", "repeats an earlier sentence", "states no finding",
                      "fails the check", "over the limit"]
@@ -75,6 +75,23 @@ def loop_in(sentence: str, n: int = PHRASE) -> str | None:
         if phrase in seen:
             return " ".join(phrase)
         seen.add(phrase)
+    return None
+
+
+def reply_loop(text: str, n: int = 6, times: int = 3) -> tuple[str, int] | None:
+    """Where a whole reply starts looping: an ``n``-word phrase said ``times`` times (a model stuck in a cycle, as
+    small models are at their length cap). Returns the phrase and the character offset of its second occurrence
+    (the reply is cut there), or None."""
+    spans = [(m.group(0).lower(), m.start()) for m in _WORD.finditer(text)]
+    words = [w for w, _ in spans]
+    seen: dict[tuple[str, ...], list[int]] = {}
+    for i, phrase in enumerate(_phrases(words, n)):
+        starts = seen.setdefault(phrase, [])
+        if starts and i - starts[-1] < n:
+            continue  # overlapping with its last occurrence ("a a a a ..." counts once per n words)
+        starts.append(i)
+        if len(starts) >= times:
+            return " ".join(phrase), spans[starts[1]][1]
     return None
 
 

@@ -32,6 +32,7 @@ from autogen_core.tools import BaseTool
 from pydantic import BaseModel
 
 from agents.clients import GuardedClient
+from agents.prose import reply_loop
 from agents.roles import Role, parse_proposal
 from tools import TOOLS, ToolContext, ToolError, ToolOutcome, ToolSpec, call_tool
 
@@ -172,6 +173,7 @@ class AgentTurn(BaseModel):
     proposal: str | None = None
     tool_calls: list[ToolOutcome] = []
     seconds: float = 0.0
+    looped: str | None = None  # the phrase the reply looped on (the text is cut where the loop began)
 
 
 class AgentRunner(Protocol):
@@ -271,5 +273,9 @@ class AutoGenRunner:
                 text = message.content
             elif isinstance(message, ToolCallSummaryMessage):
                 text = ""  # the tool rounds ran out before the agent wrote its answer
+        loop = reply_loop(text)
+        if loop is not None:
+            self._event("reply_loop", agent=role.name, phrase=loop[0], cut_at=loop[1], length=len(text))
+            text = text[: loop[1]].rstrip()
         return AgentTurn(role=role.name, text=text, proposal=parse_proposal(text), tool_calls=outcomes,
-                         seconds=seconds)
+                         seconds=seconds, looped=loop[0] if loop else None)

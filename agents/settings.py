@@ -47,6 +47,8 @@ class WorkbenchSettings(BaseSettings):
 
     # -- robustness ---------------------------------------------------------------------------------------------
     llm_timeout: float = Field(default=120.0, gt=0, description="seconds per LLM request")
+    llm_max_reply_tokens: int = Field(default=1024, ge=16, le=32_768, description="most tokens an LLM reply may "
+                                      "have (openai, openai-compatible; the local backend has its own cap)")
     llm_max_retries: int = Field(default=3, ge=0, le=10, description="retries of a failed LLM request (429, 5xx, "
                                  "connection) before the run stops with a partial report")
     llm_retry_base_delay: float = Field(default=1.0, ge=0, description="first backoff delay in seconds (doubles)")

@@ -30,6 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checked(args: argparse.Namespace) -> str | None:
+    """The numeric options against their allowed ranges (pydantic): an error line, or None."""
+    from pydantic import BaseModel, Field, ValidationError
+
+    class ProfileOptions(BaseModel):
+        max_tokens: int = Field(ge=1, le=10_000_000_000)
+        batch_size: int = Field(ge=1, le=65_536)
+        top: int = Field(ge=1, le=1_000_000)
+
+    try:
+        ProfileOptions(max_tokens=args.max_tokens, batch_size=args.batch_size, top=args.top)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})"
+    return None
+
+
 def _summary(prof, site: str, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -54,6 +71,10 @@ def _summary(prof, site: str, top: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    problem = _checked(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from neuron_core import ModelInterface, NeuronCoreError, profile
 
     try:
@@ -72,4 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NeuronCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # hooks are removed by capture's own finally; a --save is atomic
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -24,10 +24,13 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from neuron_core.errors import CorpusError, EmptyInputError
 
-__all__ = ["Corpus", "load_corpus", "builtin_corpus", "ProbeExample", "ConceptProbes", "load_probes",
+GarbagePolicy = Literal["skip", "keep"]
+
+__all__ = ["Corpus", "load_corpus", "looks_binary", "builtin_corpus", "ProbeExample", "ConceptProbes", "load_probes",
            "BUILTIN_CORPUS_VERSION", "data_path"]
 
 BUILTIN_CORPUS_VERSION = "1"
@@ -46,11 +49,26 @@ class Corpus:
     _iter_factory: object = None  # callable () -> Iterator[str] for streamed sources
     labels: list[str] | None = None
     _length: int | None = None
+    garbage: GarbagePolicy = "skip"
+    """What to do with a document that looks like binary data (see :func:`looks_binary`): skip it or keep it. Files
+    only; a list of strings is used as given."""
+    n_garbage: int = 0
+    """Documents that looked like binary data in the current (or last) pass so far: skipped or kept, as ``garbage``
+    says."""
 
     def __iter__(self) -> Iterator[str]:
         if self._docs is not None:
             return iter(self._docs)
-        return self._iter_factory()  # type: ignore[operator,no-any-return]
+        return self._screened(self._iter_factory())  # type: ignore[operator]
+
+    def _screened(self, docs: Iterator[str]) -> Iterator[str]:
+        self.n_garbage = 0
+        for text in docs:
+            if looks_binary(text):
+                self.n_garbage += 1
+                if self.garbage == "skip":
+                    continue
+            yield text
 
     def iter_from(self, start: int = 0) -> Iterator[tuple[int, str]]:
         """(doc_id, text) pairs from document ``start`` on (doc ids count from 0 in corpus order)."""
@@ -89,6 +107,16 @@ class Corpus:
                 break
             digest.update((text if isinstance(text, str) else repr(list(text))).encode("utf-8", "replace"))
         return digest.hexdigest()[:16]
+
+
+def looks_binary(text: str, share: float = 0.3) -> bool:
+    """Whether a document looks like binary data rather than text: at least ``share`` of its characters are control
+    characters (other than tab and line breaks) or U+FFFD (bytes that were not valid UTF-8). A NUL or an emoji in
+    real text stays far below that."""
+    if not text:
+        return False
+    bad = sum(1 for ch in text if ch == "\ufffd" or (ch < " " and ch not in "\t\n\r") or ch == "\x7f")
+    return bad >= share * len(text)
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -147,8 +175,13 @@ def builtin_corpus(topics: Iterable[str] | None = None) -> Corpus:
     return Corpus(name=f"builtin-v{BUILTIN_CORPUS_VERSION}", _docs=docs, labels=labels)
 
 
-def load_corpus(spec: str | Path | Sequence[str] | Corpus, *, text_field: str = "text") -> Corpus:
-    """Turn a corpus specification into a :class:`Corpus`; errors (missing file, empty) come before any work."""
+def load_corpus(spec: str | Path | Sequence[str] | Corpus, *, text_field: str = "text",
+                garbage: GarbagePolicy = "skip") -> Corpus:
+    """Turn a corpus specification into a :class:`Corpus`; errors (missing file, empty) come before any work.
+    ``garbage``: skip (default) or keep file documents that look like binary data; either way they are counted
+    (``Corpus.n_garbage``) and :func:`~neuron_core.profile` warns with the count."""
+    if garbage not in ("skip", "keep"):
+        raise CorpusError(f"garbage must be 'skip' or 'keep', not {garbage!r}")
     if isinstance(spec, Corpus):
         return spec
     if isinstance(spec, (list, tuple)):
@@ -173,13 +206,16 @@ def load_corpus(spec: str | Path | Sequence[str] | Corpus, *, text_field: str = 
     if path.is_dir():
         if not any(path.rglob("*.txt")):
             raise EmptyInputError(f"corpus folder {path} has no .txt files")
-        corpus = Corpus(name=str(path), _iter_factory=lambda: _folder(path))
+        corpus = Corpus(name=str(path), _iter_factory=lambda: _folder(path), garbage=garbage)
     elif path.suffix in (".jsonl", ".ndjson"):
-        corpus = Corpus(name=str(path), _iter_factory=lambda: _jsonl(path, text_field))
+        corpus = Corpus(name=str(path), _iter_factory=lambda: _jsonl(path, text_field), garbage=garbage)
     else:
-        corpus = Corpus(name=str(path), _iter_factory=lambda: _lines(path))
+        corpus = Corpus(name=str(path), _iter_factory=lambda: _lines(path), garbage=garbage)
     if next(iter(corpus), None) is None:
-        raise EmptyInputError(f"corpus {path} has no text")
+        n = corpus.n_garbage
+        skipped = f" ({n} document{'s' if n != 1 else ''} looked like binary data and {'were' if n != 1 else 'was'} " \
+            "skipped)" if n else ""
+        raise EmptyInputError(f"corpus {path} has no text{skipped}")
     return corpus
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from neuron_core.sites import Site
 from neuron_core.stats import ExampleSet, SiteStats, StatsConfig
 from neuron_core.store import atomic_dir, atomic_write_json
 
-__all__ = ["profile", "NeuronProfile", "SiteProfile", "Example", "batch_contexts"]
+__all__ = ["profile", "NeuronProfile", "SiteProfile", "Example", "batch_contexts", "BinaryDocumentsWarning"]
 
 ExampleKind = Literal["top", "bottom", "sample"]
 
@@ -488,6 +489,7 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                     batches_since = 0
     finally:
         bar.close()
+    _note_binary_documents(corp, meta)
     if not processed_any and int(meta["n_tokens"]) == 0:
         raise EmptyInputError(f"corpus {corp.name!r} produced no tokens")
     meta["n_skipped_docs"], meta["n_truncated_docs"] = seen[1], seen[2]
@@ -495,6 +497,22 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     if checkpoint is not None:
         prof.save(checkpoint, examples_parquet=False)
     return prof
+
+
+class BinaryDocumentsWarning(UserWarning):
+    """Documents of a corpus that look like binary data rather than text."""
+
+
+def _note_binary_documents(corp: Corpus, meta: dict[str, Any]) -> None:
+    """Warn, with a count, when documents looked like binary data (skipped or kept, as the corpus says); the count
+    goes into the profile's metadata (``n_binary_docs``)."""
+    n = int(corp.n_garbage)
+    meta["n_binary_docs"] = n
+    if n:
+        action = "skipped" if corp.garbage == "skip" else "kept (load_corpus(..., garbage='keep'))"
+        warnings.warn(f"{n} document{'s' if n != 1 else ''} of corpus {corp.name!r} look like binary data, not text "
+                      f"(mostly control characters or invalid UTF-8): {action}", BinaryDocumentsWarning,
+                      stacklevel=3)
 
 
 def _probe_widths(interface: ModelInterface, sites: list[Site]) -> dict[str, int]:

@@ -90,6 +90,7 @@ class ProfileSummary(BaseModel):
     seconds: float
     artifact: str = "profile/"
     resumed: bool = False
+    n_binary_docs: int = 0  # documents that looked like binary data, skipped
     headline: str
 
 
@@ -113,7 +114,10 @@ def profile_corpus(ctx: ToolContext, args: ProfileArgs) -> ProfileSummary:
     seconds = round(time.perf_counter() - start, 2)
     widths = {name: prof[name].n_neurons for name in prof.site_names}
     n_docs = int(prof.meta.get("n_docs", 0))
+    n_binary = int(prof.meta.get("n_binary_docs", 0))
+    skipped = f"; skipped {n_binary} documents that look like binary data" if n_binary else ""
     return ProfileSummary(model=interface.name, sites=prof.site_names, corpus=str(prof.meta.get("corpus")),
                           n_tokens=prof.n_tokens, n_docs=n_docs, n_neurons=widths, seconds=seconds, resumed=resumed,
+                          n_binary_docs=n_binary,
                           headline=f"profiled {prof.n_tokens} tokens in {n_docs} documents at "
-                                   f"{', '.join(prof.site_names)} ({seconds}s)")
+                                   f"{', '.join(prof.site_names)} ({seconds}s){skipped}")

@@ -70,6 +70,7 @@ __all__ = ["Investigation", "RequestOptions", "RunOptions", "option_error", "Run
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DEFAULT_MODEL = "smollm2-135m"
+_NO_TOOLS_HINT = " (if this model cannot call tools, set NW_LLM_FUNCTION_CALLING=false)"
 PROSE_SENTENCES = 2  # sentences a prose-only model may add to the deterministic narrative
 VERDICT_SENTENCES = 1  # ... and to the Critic's verdict
 
@@ -98,7 +99,7 @@ class RequestOptions(BaseModel):
     corpus: str | None = Field(default=None, min_length=1)
     max_tokens: int | None = Field(default=None, ge=64, le=1_000_000_000, description="corpus tokens to profile")
     max_neurons: int | None = Field(default=None, ge=1, le=1_000_000, description="neurons per layer analysed")
-    top_n: int | None = Field(default=None, ge=1, le=1_000, description="neurons reported in detail")
+    top_n: int | None = Field(default=None, ge=1, le=50, description="neurons reported in detail")
     llm: str | None = None
     device: str | None = None
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
@@ -401,7 +402,28 @@ class Investigation:
         turn = await self.runner.turn(role, task, facts)
         if not self.uses_llm:
             self.trace.event("message", agent=role.name, type="scripted", content=turn.text[:4000])
+        state = self.machine.state
+        retries_left = self.machine.retries.get(state, 0) < self.settings.max_state_retries
+        # a looped turn fails (and is retried) while retries remain; the last try goes on with the cut reply, so the
+        # state's own fallback applies. A prose-only turn's loop is left out by the prose filter instead.
+        if turn.looped and self.tool_calling and retries_left:
+            raise StateFailure(f"the {role.name}'s reply looped on \"{turn.looped}\" and was cut; answer once, "
+                               "briefly")
         return turn
+
+    def _prose_instead_of_tools(self, turn: AgentTurn, state: State) -> bool:
+        """A tool-calling model that answers a state with prose and no tool call, on its retry too, cannot use
+        tools: the controller runs the tools from here on (as with NW_LLM_FUNCTION_CALLING=false) and the report's
+        Method says so. Returns whether it switched."""
+        if turn.tool_calls or self.machine.retries.get(state, 0) < 1 or not isinstance(self.runner, AutoGenRunner):
+            return False
+        self.runner.tool_calling = False
+        note = (f"The model answered {state.value} with prose and no tool call twice; the controller ran the tools "
+                "for the rest of the run, and the model only wrote prose (set NW_LLM_FUNCTION_CALLING=false to "
+                "start that way).")
+        self.method_notes.append(note)
+        self.trace.event("tool_calling_off", state=state.value, reason=note)
+        return True
 
     async def _tool(self, name: str, args: dict[str, Any], caller: str) -> ToolOutcome:
         return await run_in_thread(call_tool, self.ctx, name, args, caller=caller)
@@ -510,11 +532,12 @@ class Investigation:
             turn = await self._turn(ROLES["capturer"], capturer_task(plan, error), self._facts(error=error))
             proposal = turn.proposal
             prof = self.ctx.profile
-            if prof is None or set(prof.site_names) != set(self._sites()):
+            if (prof is None or set(prof.site_names) != set(self._sites())) \
+                    and not self._prose_instead_of_tools(turn, State.CAPTURE):
                 last = next((o.error.line() for o in reversed(turn.tool_calls) if o.error), "")
                 raise StateFailure("the planned layers were not profiled (call profile_corpus with the plan's "
-                                   f"layers){'; last tool error: ' + last if last else ''}")
-        else:
+                                   f"layers){'; last tool error: ' + last if last else ''}{_NO_TOOLS_HINT}")
+        if not self.tool_calling:
             await self._require("profile_corpus", args, "capturer")
         prof = self.ctx.profile
         assert prof is not None
@@ -571,13 +594,14 @@ class Investigation:
                             if site not in load_detections(self.ctx)]
             if "neuron_stats" in plan.analyses and not self.ctx.findings.by_kind("layer_summary"):
                 missing.append("neuron_stats")
-            if missing:
-                raise StateFailure("the analyses were not completed; still to call: " + ", ".join(missing))
+            if missing and not self._prose_instead_of_tools(turn, State.ANALYZE):
+                raise StateFailure("the analyses were not completed; still to call: " + ", ".join(missing)
+                                   + _NO_TOOLS_HINT)
             text = strip_proposal(turn.text)
-            if not text:
+            if not text and self.tool_calling:
                 raise StateFailure("the Analyst wrote no narrative (end the turn with the narrative as text)")
             proposal = turn.proposal
-        else:
+        if not self.tool_calling:
             await self._run_analyses()
             facts = self._facts(draft=self.narrative, feedback=self.feedback, error=error)
             if self.uses_llm:
@@ -639,10 +663,12 @@ class Investigation:
                                     self._facts(error=error))
             pngs = list(self.folder.path_for("figures").glob("*.png"))
             dashboard = self.folder.path_for("figures/dashboard/index.html").exists()
-            if not pngs or ("dashboard" in plan.analyses and not dashboard):
+            if pngs and ("dashboard" not in plan.analyses or dashboard):
+                return Step(State.CRITIQUE, agent="visualizer", proposal=turn.proposal)
+            if not self._prose_instead_of_tools(turn, State.VISUALIZE):
                 raise StateFailure("the figures were not made: " + ("no figure; " if not pngs else "")
-                                   + ("no dashboard (call make_dashboard)" if not dashboard else ""))
-            return Step(State.CRITIQUE, agent="visualizer", proposal=turn.proposal)
+                                   + ("no dashboard (call make_dashboard)" if not dashboard else "")
+                                   + _NO_TOOLS_HINT)
         for kind, layer, neuron in self._figure_list():
             if (kind, layer, neuron) in self.figures_done:
                 continue

@@ -307,3 +307,28 @@ def test_batch_tokens_cap_changes_batches_not_statistics(tiny_gpt2, docs, full):
         assert torch.equal(c.top.doc, f.top.doc) and torch.equal(c.sample.doc, f.sample.doc)
     with pytest.raises(InputError):
         profile(tiny_gpt2, None, ["a"], batch_tokens=0)
+
+
+def test_binary_documents_are_counted_warned_and_skipped_or_kept(tiny_gpt2, tmp_path):
+    from neuron_core.corpus import load_corpus, looks_binary
+    from neuron_core.profile import BinaryDocumentsWarning
+
+    texts = ["plain text about the weather", "a NUL \x00 inside and an emoji \U0001F600 are still text",
+             "another ordinary line"]
+    garbage = [bytes(range(0, 32)) * 4, b"\xff\xfe\xfa\x80\x81" * 20 + b"ok"]
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(b"\n".join([texts[0].encode(), garbage[0].replace(b"\n", b" ").replace(b"\r", b" "),
+                                 texts[1].encode(), garbage[1], texts[2].encode()]) + b"\n")
+    assert not any(looks_binary(t) for t in texts)
+    with pytest.warns(BinaryDocumentsWarning, match=r"2 documents .* look like binary data.*: skipped"):
+        skipped = profile(tiny_gpt2, [0], load_corpus(path), max_tokens=10_000, progress=False)
+    assert skipped.meta["n_binary_docs"] == 2 and skipped.meta["n_docs"] == 3
+    plain = profile(tiny_gpt2, [0], texts, max_tokens=10_000, progress=False)
+    assert torch.equal(skipped[0].stats.mean, plain[0].stats.mean)  # the same statistics as the text alone
+    with pytest.warns(BinaryDocumentsWarning, match="kept"):
+        kept = profile(tiny_gpt2, [0], load_corpus(path, garbage="keep"), max_tokens=10_000, progress=False)
+    assert kept.meta["n_docs"] == 5 and kept.n_tokens > skipped.n_tokens
+    only = tmp_path / "only.bin.txt"
+    only.write_bytes(garbage[1])
+    with pytest.raises(EmptyInputError, match="1 document looked like binary data and was skipped"):
+        load_corpus(only)

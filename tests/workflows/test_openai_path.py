@@ -286,3 +286,42 @@ def test_compatible_server_without_tool_calls_gets_prose_only_turns(tiny, tmp_pa
         (next(d["sentence"] for d in added["dropped"] if "7 layers" in d["sentence"]), "fails the check"),
         ("Overall the layer is an interesting one.", "states no finding")]
     assert "were left out" in report or "was left out" in report
+
+
+def test_a_model_that_cannot_call_tools_is_switched_to_controller_run_tools(tiny, tmp_path):
+    """NW_LLM_FUNCTION_CALLING=true (the default) against a model that only ever writes prose, looping (as llama.cpp's
+    server with the bundled SmolLM2 does): each reply is capped, a loop is cut, and after a state's retry the
+    controller runs the tools; the run finishes and says so."""
+    from tests.agents.fake_openai import Reply
+
+    def policy(body, server):
+        return Reply(content="I will now profile the layers. " + "The layer has many neurons in it. " * 12)
+
+    result, server = run_with(policy, tiny, tmp_path, llm_max_reply_tokens=200, max_revisions=0)
+    assert result.status == "done", result.reason
+    assert all(b["max_tokens"] == 200 for b in server.requests)  # every request caps its reply
+    trace = trace_of(result)
+    loops = [e for e in trace if e["kind"] == "reply_loop"]
+    assert loops and loops[0]["phrase"] == "the layer has many neurons in"
+    off = [e for e in trace if e["kind"] == "tool_calling_off"]
+    assert len(off) == 1 and off[0]["state"] == "CAPTURE"
+    callers = {e["tool"]: e["caller"] for e in trace if e["kind"] == "tool_call"}
+    assert callers["profile_corpus"] == "capturer" and callers["detect_polysemantic"] == "analyst"
+    assert legal_path(transitions(trace))
+    # after the switch, requests carry no tools
+    switched = next(i for i, e in enumerate(trace) if e["kind"] == "tool_calling_off")
+    assert "tools" not in server.requests[-1]
+    method = Path(result.report).read_text().split("## Method")[1].replace("\\", "")  # markdown escapes
+    assert "the controller ran the tools for the rest of the run" in method
+    assert "NW_LLM_FUNCTION_CALLING=false" in method and switched > 0
+
+
+def test_a_failing_state_names_the_function_calling_setting(tiny, tmp_path):
+    from tests.agents.fake_openai import Reply
+
+    def policy(body, server):
+        return Reply(content="Done.\nNEXT: ANALYZE")
+
+    result, _ = run_with(policy, tiny, tmp_path, max_state_retries=0)
+    assert result.status == "failed"
+    assert "NW_LLM_FUNCTION_CALLING=false" in result.reason

@@ -148,3 +148,26 @@ def test_unparseable_request_and_bad_backend_exit_2(tmp_path, capsys):
 def test_parse_layers():
     assert parse_layers("6") == [6] and parse_layers("3-5") == [3, 4, 5] and parse_layers("2,4") == [2, 4]
     assert parse_layers("-1") == [-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-tokens", "0"], "--max-tokens: Input should be greater than or equal to 64 (got 0)"),
+    (["--max-neurons", "0"], "--max-neurons: Input should be greater than or equal to 1 (got 0)"),
+    (["--top-n", "0"], "--top-n: Input should be greater than or equal to 1 (got 0)"),
+    (["--top-n", "-3"], "--top-n: Input should be greater than or equal to 1 (got -3)"),
+    (["--seed", "-1"], "--seed: Input should be greater than or equal to 0 (got -1)"),
+    (["--layers", "-1"], "--layers: Input should be greater than or equal to 0 (got -1)"),
+])
+def test_zero_and_negative_options_are_refused_with_their_range(tmp_path, capsys, flags, message):
+    code = main(["investigate layer 1 of smollm2-135m", "--llm", "scripted", "--out", str(tmp_path / "runs"),
+                 *flags])
+    assert code == 2 and capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "runs").exists()  # refused before anything was created
+
+
+def test_out_that_cannot_hold_run_folders_exits_2(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["investigate layer 1 of smollm2-135m", "--llm", "scripted", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out {str(afile)!r} is a file, not a folder"
+    assert afile.read_text() == "mine"
