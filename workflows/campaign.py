@@ -186,8 +186,8 @@ def _write_summary(folder: Any, campaign: Campaign, results: list[ItemResult]) -
     """``campaign.json`` and ``campaign.md``: every entry, the ones not run yet marked so."""
     rows = [r.model_dump() for r in results] + [
         {"request": item.request, "key": item.key, "status": "not run"} for item in campaign.requests[len(results):]]
-    folder.write_json("campaign.json", {"name": campaign.name, "complete": len(results) == len(campaign.requests),
-                                        "results": rows})
+    complete = len(results) == len(campaign.requests) and not (results and results[-1].exit_code == 130)
+    folder.write_json("campaign.json", {"name": campaign.name, "complete": complete, "results": rows})
     lines = [f"# Campaign: {campaign.name}", "", "| # | request | status | report |", "|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
         report = r.get("report")

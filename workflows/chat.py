@@ -59,15 +59,22 @@ class ChatSession:
         return True
 
     def _investigate(self, request: str) -> None:
+        from pydantic import ValidationError
+
         from tools import ToolContext
-        from workflows.investigation import Investigation, RunOptions
+        from workflows.investigation import Investigation, RunOptions, option_error
 
         def echo(event: dict[str, Any]) -> None:
             if event.get("kind") == "transition":
                 self.say(f"  [{event['to']}]")
 
-        result = asyncio.run(Investigation(RunOptions(request=request, llm=self.llm, out=self.out), self.settings,
-                                           models=self.models, echo=echo).run())
+        try:
+            options = RunOptions(request=request, llm=self.llm, out=self.out)
+        except ValidationError as exc:
+            self.say(f"error: {option_error(exc)}")
+            return
+        # Ctrl-C during the run stops it cleanly (a stopped, resumable run folder) and the session goes on
+        result = asyncio.run(Investigation(options, self.settings, models=self.models, echo=echo).run())
         self.last = result
         if result.run_dir:
             from neuron_core.store import RunFolder
