@@ -75,19 +75,20 @@ def load_campaign(path: str | Path) -> Campaign:
         raise ValueError(f"campaign file {str(source)!r} not found")
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
     if isinstance(data, list):
         data = {"requests": data}
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a list of requests or a mapping with 'requests'")
-    data.setdefault("name", source.stem)
-    defaults = dict(data.get("defaults") or {})
-    items = []
-    for entry in data.get("requests") or []:
-        item = {"request": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, dict) else entry
-        items.append({**defaults, **item} if isinstance(item, dict) else item)
-    data["requests"] = items
+    data = {"name": source.stem, **data}
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ValueError(f"{source}: defaults: expected a mapping of options, e.g. {{max_tokens: 20000}}")
+    if not isinstance(data.get("requests"), list):
+        raise ValueError(f"{source}: requests: expected a list of requests")
+    data["requests"] = [{**defaults, **({"request": e} if isinstance(e, str) else e)} if isinstance(e, (str, dict))
+                        else e for e in data["requests"]]
     try:
         return Campaign.model_validate(data)
     except ValidationError as exc:
