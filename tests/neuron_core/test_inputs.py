@@ -40,7 +40,7 @@ def test_layer_numbering_follows_output_hidden_states(tiny_gpt2):
     assert tiny_gpt2.resolve(-1).name == f"blocks.{len(blocks) - 1}.mlp.hook_post"
 
 
-@pytest.mark.parametrize("text", ["a NUL \x00 in the middle", "emoji \U0001F600\U0001F680 and a flag \U0001F1EB\U0001F1F7",
+@pytest.mark.parametrize("text", ["a NUL \x00 in the middle", "emoji \U0001F600\U0001F680, a flag \U0001F1EB\U0001F1F7",
                                   "\x00", "\U0001F600"])
 def test_nul_and_emoji_text_is_captured_as_text(tiny_gpt2, text):
     record = ActivationMonitor(tiny_gpt2, [0]).capture(text)
