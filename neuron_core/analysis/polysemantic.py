@@ -24,7 +24,8 @@ Method, per neuron:
    at least as high (with the +1 correction), the z-score is against their mean and spread. Sizes are rounded down
    to a grid (every size up to 20, then steps of about a tenth), which errs towards larger p-values;
 6. verdict (:func:`verdict_of`): detected, borderline (the p-value's exact interval holds ``alpha``: another seed
-   could decide either way) or not detected;
+   could decide either way) or not detected. A size with a borderline neuron gets more random sets, doubling, up to
+   ``n_null_max`` (sequential Monte Carlo): the verdicts near ``alpha`` are settled by more draws, not by the seed;
 7. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
    tokens;
 8. for the best detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
@@ -107,8 +108,12 @@ class DetectorConfig:
     probe_mode_weight: float = 0.25
     """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
     n_null: int = 400
-    """Random context sets per set size (see :func:`null_size`); more sets narrow the p-value's interval, so fewer
-    neurons are borderline."""
+    """Random context sets per set size (see :func:`null_size`) in the first round."""
+    n_null_max: int = 6400
+    """Sequential refinement: while a neuron's verdict is borderline (the p-value's interval holds ``alpha``), its
+    set size gets more random sets, doubling the count each round, up to this many. Sets already drawn are kept, so
+    the rounds only add evidence; a size whose neurons are all settled stops. ``n_null_max <= n_null`` turns it
+    off."""
     alpha: float = 0.05
     """detect() keeps neurons with p-value below alpha ..."""
     min_score: float = 0.25
@@ -173,6 +178,35 @@ REFERENCE_SEED = 0  # the draw of random contexts the embedding is standardised 
 
 
 @dataclass
+class _NullDraws:
+    """Random context sets of the null, drawn on demand: each set takes ``size`` contexts of the pool and the
+    activation values of one of ``value_sets`` (drawn at random, unrelated to the contexts), and is scored by the
+    same clustering, merging and scoring as a neuron. Round ``r`` of a size has its own generator
+    (seed, size, r): the draws of a size depend only on the seed, the size and the round, not on which other sizes
+    are asked for or refined."""
+
+    pool_x: np.ndarray
+    pool_ev: ModeEvidence
+    value_sets: list[np.ndarray]
+    concept_cents: np.ndarray | None
+    config: DetectorConfig
+    seed: int
+
+    def more(self, size: int, round_: int, n: int) -> np.ndarray:
+        cfg, pool = self.config, len(self.pool_x)
+        m = min(size, pool)
+        rng = np.random.default_rng([self.seed, size] + ([round_] if round_ else []))
+        scores = np.empty(n)
+        for i in range(n):
+            idx = rng.choice(pool, size=m, replace=False)
+            own = self.value_sets[int(rng.integers(len(self.value_sets)))]
+            vals = rng.choice(own, size=m, replace=own.size < m)
+            X, ev = self.pool_x[idx], self.pool_ev.take(idx)
+            scores[i] = merge_and_score(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, vals, self.concept_cents)[1]
+        return scores
+
+
+@dataclass
 class _Work:
     """One analysed neuron between the stages of :meth:`PolysemanticDetector.run`."""
 
@@ -216,6 +250,7 @@ class PolysemanticDetector:
         self._probe_centroids: tuple[list[str], np.ndarray] | None = None
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
+        self.null_draws: dict[int, int] = {}  # random sets drawn per null set size (after the refinement)
         self._scale = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
         self.n_excluded: dict[str, int] = {}
 
@@ -319,7 +354,7 @@ class PolysemanticDetector:
         probe_acts = self._stage("probe_selectivity", lambda: self._probe_selectivity(gathered))
         work = self._stage("cluster", lambda: [self._analyse(site, neuron, ctxs, probe_acts, concept_cents)
                                                for site, neuron, ctxs in gathered])
-        nulls = self._stage("null", lambda: self._null(gathered, null_pool, concept_cents))
+        nulls = self._stage("null", lambda: self._null(gathered, null_pool, concept_cents, work))
         results = [self._result(w, nulls, names, cents) for w in work]
         results = self._stage("ablation", lambda: self._ablate(results, work))
         results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
@@ -412,13 +447,34 @@ class PolysemanticDetector:
         return w
 
     def _null(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
-              concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
+              concept_cents: np.ndarray | None, work: list[_Work]) -> dict[int, np.ndarray]:
+        """The null scores per set size: ``n_null`` random sets for every size, then more (doubling, up to
+        ``n_null_max``) for the sizes that still have a borderline neuron."""
         cfg = self.config
         known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before probe modes
         usable = [ctxs for ctxs in known.values() if len(ctxs) >= cfg.min_contexts]
-        value_sets = self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
-        sizes = {null_size(len(ctxs), cfg.min_contexts) for ctxs in usable}
-        return self._null_scores(null_pool, sizes, value_sets, concept_cents)
+        value_sets = [v for v in self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
+                      if v.size]
+        sizes = sorted({null_size(len(ctxs), cfg.min_contexts) for ctxs in usable})
+        if len(null_pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
+            return {}
+        pool_X, pool_ev = self._evidence(null_pool)
+        draws = _NullDraws(pool_X, pool_ev, value_sets, concept_cents, cfg, self.seed)
+        nulls = {size: draws.more(size, 0, cfg.n_null) for size in sizes}
+        scores_by_size: dict[int, list[tuple[float, int]]] = {}
+        for w in work:
+            scores_by_size.setdefault(null_size(w.n_corpus, cfg.min_contexts), []).append(
+                (float(w.score), len(w.clustering.modes)))
+        for size in sizes:
+            rounds = 0
+            while nulls[size].size < cfg.n_null_max and any(
+                    verdict_of(score, n_modes, int((nulls[size] >= score - 1e-12).sum()), nulls[size].size, cfg)
+                    == "borderline" for score, n_modes in scores_by_size.get(size, [])):
+                rounds += 1
+                extra = min(nulls[size].size, cfg.n_null_max - nulls[size].size)
+                nulls[size] = np.concatenate([nulls[size], draws.more(size, rounds, extra)])
+        self.null_draws = {size: int(v.size) for size, v in nulls.items()}
+        return nulls
 
     def _result(self, w: _Work, nulls: dict[int, np.ndarray], names: list[str], cents: np.ndarray
                 ) -> PolysemanticNeuron:
@@ -504,30 +560,6 @@ class PolysemanticDetector:
                 values = np.array([c.value for c in (ctxs if ctxs is not None else self._contexts(site, int(neuron)))])
                 if values.size >= cfg.min_contexts:
                     out.append(values)
-        return out
-
-    def _null_scores(self, pool: list[Context], sizes: set[int], value_sets: list[np.ndarray],
-                     concept_cents: np.ndarray | None) -> dict[int, np.ndarray]:
-        """Per set size: the scores of ``n_null`` random context sets of that size, each with the activation values
-        of one of ``value_sets`` (drawn at random, unrelated to the contexts). The draws for a size depend only on
-        the seed and the size, not on which other sizes are asked for."""
-        cfg = self.config
-        value_sets = [v for v in value_sets if v.size]
-        if len(pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
-            return {}
-        pool_X, pool_ev = self._evidence(pool)
-        out: dict[int, np.ndarray] = {}
-        for size in sorted(sizes):
-            m = min(size, len(pool))
-            rng = np.random.default_rng([self.seed, size])
-            scores = np.empty(cfg.n_null)
-            for i in range(cfg.n_null):
-                idx = rng.choice(len(pool), size=m, replace=False)
-                own = value_sets[int(rng.integers(len(value_sets)))]
-                vals = rng.choice(own, size=m, replace=own.size < m)
-                X, ev = pool_X[idx], pool_ev.take(idx)
-                scores[i] = merge_and_score(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, vals, concept_cents)[1]
-            out[size] = scores
         return out
 
     def _modes(self, ctxs: list[Context], X: np.ndarray, clustering: Clustering, names: list[str],

@@ -325,3 +325,40 @@ def test_a_failing_state_names_the_function_calling_setting(tiny, tmp_path):
     result, _ = run_with(policy, tiny, tmp_path, max_state_retries=0)
     assert result.status == "failed"
     assert "NW_LLM_FUNCTION_CALLING=false" in result.reason
+
+
+def test_an_unknown_tool_and_an_empty_reply_are_failed_turns_and_the_run_recovers(tiny, tmp_path):
+    from tests.agents.fake_openai import Reply
+
+    class Policy(AgentPolicy):
+        def capturer(self, task, results, body):
+            if "previous try failed" not in task:  # the first try: a tool that does not exist
+                if results:
+                    return Reply(content="")  # then an empty reply
+                return Reply(tool_calls=[("delete_everything", '{"path": "/"}')])
+            return super().capturer(task, results, body)
+
+    result, server = run_with(Policy(malformed_first=False, extra_examples=False), tiny, tmp_path)
+    assert result.status == "done", result.reason
+    trace = trace_of(result)
+    assert any(e["kind"] == "tool_refused" and e["tool"] == "delete_everything" for e in trace)
+    path = transitions(trace)
+    assert ("CAPTURE", "ERROR") in path and ("ERROR", "CAPTURE") in path and legal_path(path)
+    assert not any(e["kind"] == "tool_call" and e["tool"] == "delete_everything" for e in trace)  # never ran
+
+
+def test_an_endpoint_that_is_down_at_the_start_stops_cleanly(tiny, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = WorkbenchSettings(_env_file=None, llm="openai-compatible", llm_base_url=f"http://127.0.0.1:{port}/v1",
+                                 llm_model="m", runs_dir=str(tmp_path), max_tokens=1500, max_neurons=8,
+                                 embedder="hidden", detector_n_null=30, detector_ablation=False,
+                                 llm_retry_base_delay=0.01, llm_max_retries=1)
+    result = asyncio.run(Investigation(RunOptions(request=REQUEST), settings, models={"tiny-gpt2": tiny}).run())
+    assert result.status == "stopped" and result.exit_code == 3
+    assert "failed 2 times" in result.reason and "onnect" in result.reason
+    manifest = json.loads(Path(result.run_dir, "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and trace_of(result)[-1]["kind"] == "run_end"
