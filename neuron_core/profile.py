@@ -41,6 +41,7 @@ from neuron_core.batching import (
 )
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
+from neuron_core.distributed import Executor
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
 from neuron_core.interface import ModelInterface
 from neuron_core.models import LoadedModel
@@ -241,7 +242,8 @@ class NeuronProfile:
             merged[name] = copy.merge(other.sites[name])
         meta = dict(self.meta)
         meta["n_tokens"] = self.n_tokens + other.n_tokens
-        meta["n_docs"] = int(self.meta.get("n_docs", 0)) + int(other.meta.get("n_docs", 0))
+        for key in ("n_docs", "n_skipped_docs", "n_truncated_docs", "n_binary_docs"):
+            meta[key] = int(self.meta.get(key, 0)) + int(other.meta.get(key, 0))
         meta["doc_offset"] = min(a[0], b[0])
         meta["next_doc"] = max(a[1], b[1])
         meta["merged_from"] = [self.meta.get("corpus"), other.meta.get("corpus")]
@@ -358,7 +360,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
             n_samples: int = 32, active_threshold: float = 0.0, config: StatsConfig | None = None,
             overflow: Overflow = "truncate", max_length: int | None = None, doc_offset: int = 0,
             checkpoint: str | Path | None = None, checkpoint_every: int = 50, resume: bool = False,
-            progress: bool | None = None, stop_early: bool = True) -> NeuronProfile:
+            progress: bool | None = None, stop_early: bool = True, shards: int = 1, executor: Executor = "local",
+            address: str | None = None, max_retries: int = 2) -> NeuronProfile:
     """Profile ``sites`` (default: every MLP site) of a model over a corpus; see the module docstring.
 
     At most ``batch_size`` rows and ``batch_tokens`` positions (rows x the longest row; a longer document runs
@@ -369,6 +372,9 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     ``max_tokens`` stops after exactly that many tokens: the first ones in corpus order. With ``checkpoint`` the
     profile is saved at the end of the first window after each ``checkpoint_every`` batches; ``resume=True``
     continues from it and, with the same batch settings, gives the same result as an uninterrupted run to the bit.
+    ``shards`` > 1 or ``executor="ray"`` cuts the corpus into document ranges profiled as separate tasks (Ray tasks
+    with ``executor="ray"``, on the cluster at ``address`` if given; ``max_retries`` each) and merges them: see
+    :mod:`neuron_core.shards` for what equals the unsharded profile.
     """
     interface = _coerce_interface(model)
     resolver = interface.resolver
@@ -392,6 +398,16 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     corp = load_corpus(corpus)
     if interface.tokenizer is None:
         raise InputError("profiling text needs a tokenizer; give the ModelInterface one")
+    if shards != 1 or executor != "local":
+        from neuron_core.shards import profile_sharded
+
+        if doc_offset:
+            raise InputError("a sharded profile places its own shards: doc_offset must be 0")
+        return profile_sharded(interface, [s.name for s in chosen], corp, shards=shards, executor=executor,
+                               address=address, max_tokens=max_tokens, max_length=max_length, overflow=overflow,
+                               checkpoint=checkpoint, resume=resume, max_retries=max_retries, progress=bool(progress),
+                               options={"batch_size": batch_size, "batch_tokens": batch_tokens, "config": cfg,
+                                        "stop_early": stop_early, "checkpoint_every": checkpoint_every})
     context = interface.context_length
     if max_length is not None:
         context = min(max_length, context) if context else max_length

@@ -177,6 +177,21 @@ _T = TypeVar("_T")
 REFERENCE_SEED = 0  # the draw of random contexts the embedding is standardised against, whatever the seed
 
 
+def _settled(null: np.ndarray, score: float, n_modes: int, cfg: DetectorConfig) -> tuple[int, bool]:
+    """How many of a size's null draws a neuron's p-value uses, and whether its verdict is settled there: the first
+    of ``n_null``, 2 ``n_null``, 4 ``n_null``, ... (up to ``n_null_max`` and the draws there are) at which the
+    verdict is not borderline, else all of them. It depends only on the neuron's own score and its size's sequence of
+    draws, never on which other neurons were analysed."""
+    n = min(cfg.n_null, null.size)
+    while True:
+        if verdict_of(score, n_modes, int((null[:n] >= score - 1e-12).sum()), n, cfg) != "borderline":
+            return n, True
+        longer = min(2 * n, cfg.n_null_max, null.size)
+        if longer <= n:
+            return n, False
+        n = longer
+
+
 @dataclass
 class _NullDraws:
     """Random context sets of the null, drawn on demand: each set takes ``size`` contexts of the pool and the
@@ -461,25 +476,26 @@ class PolysemanticDetector:
         pool_X, pool_ev = self._evidence(null_pool)
         draws = _NullDraws(pool_X, pool_ev, value_sets, concept_cents, cfg, self.seed)
         nulls = {size: draws.more(size, 0, cfg.n_null) for size in sizes}
-        scores_by_size: dict[int, list[tuple[float, int]]] = {}
-        for w in work:
-            scores_by_size.setdefault(null_size(w.n_corpus, cfg.min_contexts), []).append(
-                (float(w.score), len(w.clustering.modes)))
         for size in sizes:
-            rounds = 0
-            while nulls[size].size < cfg.n_null_max and any(
-                    verdict_of(score, n_modes, int((nulls[size] >= score - 1e-12).sum()), nulls[size].size, cfg)
-                    == "borderline" for score, n_modes in scores_by_size.get(size, [])):
-                rounds += 1
-                extra = min(nulls[size].size, cfg.n_null_max - nulls[size].size)
-                nulls[size] = np.concatenate([nulls[size], draws.more(size, rounds, extra)])
+            self._refine(nulls, size, draws, [w for w in work if null_size(w.n_corpus, cfg.min_contexts) == size])
         self.null_draws = {size: int(v.size) for size, v in nulls.items()}
         return nulls
+
+    def _refine(self, nulls: dict[int, np.ndarray], size: int, draws: _NullDraws, work: list[_Work]) -> None:
+        """More draws for ``size``, doubling, while one of its neurons is not settled (up to ``n_null_max``)."""
+        cfg = self.config
+        rounds = 0
+        while nulls[size].size < cfg.n_null_max and any(
+                not _settled(nulls[size], float(w.score), len(w.clustering.modes), cfg)[1] for w in work):
+            rounds += 1
+            extra = min(nulls[size].size, cfg.n_null_max - nulls[size].size)
+            nulls[size] = np.concatenate([nulls[size], draws.more(size, rounds, extra)])
 
     def _result(self, w: _Work, nulls: dict[int, np.ndarray], names: list[str], cents: np.ndarray
                 ) -> PolysemanticNeuron:
         cfg = self.config
         null = nulls.get(null_size(w.n_corpus, cfg.min_contexts), np.zeros(0))
+        null = null[: _settled(null, w.score, len(w.clustering.modes), cfg)[0]]
         n_above = int((null >= w.score - 1e-12).sum())
         p_value = float((1 + n_above) / (1 + null.size)) if null.size and len(w.clustering.modes) >= 2 else 1.0
         mu, sd = (float(null.mean()), float(null.std())) if null.size else (0.0, 0.0)

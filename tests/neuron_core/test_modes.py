@@ -171,3 +171,27 @@ def test_silhouette_equals_sklearn():
     assert silhouette_precomputed(D, singleton) == pytest.approx(silhouette_score(D, singleton, metric="precomputed"))
     with pytest.raises(ValueError):
         silhouette_precomputed(D, np.zeros(6, dtype=int))
+
+
+def test_a_neuron_uses_the_first_prefix_of_draws_that_settles_it():
+    """Sequential Monte Carlo: a borderline neuron's p-value comes from 800, 1600, ... draws of its size, the first
+    count at which its verdict is settled; a neuron settled at 400 keeps 400 whatever else was drawn for others."""
+    from neuron_core.analysis.polysemantic import _settled, verdict_of
+
+    rng = np.random.default_rng(0)
+    null = rng.uniform(0, 1, 6400)
+    score = float(np.quantile(null, 1 - 0.03))  # true p 0.03: often borderline at 400 draws
+    n, settled = _settled(null, score, 2, CFG)
+    assert n in (400, 800, 1600, 3200, 6400)
+    k = int((null[:n] >= score - 1e-12).sum())
+    assert settled == (verdict_of(score, 2, k, n, CFG) != "borderline")
+    for shorter in (400, 800, 1600, 3200):
+        if shorter < n:  # every shorter prefix left it borderline
+            assert verdict_of(score, 2, int((null[:shorter] >= score).sum()), shorter, CFG) == "borderline"
+    clear = float(np.quantile(null, 0.999))
+    assert _settled(null, clear, 2, CFG) == (400, True) == _settled(null[:400], clear, 2, CFG)
+    assert _settled(null, 0.5, 2, CFG) == (400, True)  # clearly not detected
+    off = DetectorConfig(n_null_max=0)
+    assert _settled(null, score, 2, off)[0] == 400
+    at_edge = float(np.quantile(null, 1 - 0.05))  # true p = alpha: never settles, uses every draw
+    assert _settled(null, at_edge, 2, CFG) == (6400, False)
