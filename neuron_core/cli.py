@@ -1,5 +1,7 @@
 """Command line for the core library: ``python -m neuron_core profile --model smollm2-135m --layer 6``.
 
+``--shards N --executor ray [--address ADDR]`` profiles N document ranges as Ray tasks and merges them.
+
 Profiles one or more layers over a corpus (the built-in one by default), prints a summary table of the most active
 neurons with their top tokens, and optionally saves the profile.
 """
@@ -27,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=15, help="rows in the summary table")
     p.add_argument("--device", default="auto")
     p.add_argument("--save", default=None, help="folder to save the profile to")
+    p.add_argument("--shards", type=int, default=1, help="cut the corpus into N document ranges, one task each")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="run the shards in this process (local) or as Ray tasks (pip install -e '.[ray]')")
+    p.add_argument("--address", default=None, help="a Ray cluster to use (e.g. auto, or ray://HEAD:10001)")
     return parser
 
 
@@ -38,9 +44,10 @@ def _checked(args: argparse.Namespace) -> str | None:
         max_tokens: int = Field(ge=1, le=10_000_000_000)
         batch_size: int = Field(ge=1, le=65_536)
         top: int = Field(ge=1, le=1_000_000)
+        shards: int = Field(ge=1, le=100_000)
 
     try:
-        ProfileOptions(max_tokens=args.max_tokens, batch_size=args.batch_size, top=args.top)
+        ProfileOptions(max_tokens=args.max_tokens, batch_size=args.batch_size, top=args.top, shards=args.shards)
     except ValidationError as exc:
         first = exc.errors()[0]
         return f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})"
@@ -81,12 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.perf_counter()
         interface = ModelInterface.from_pretrained(args.model, device=args.device)
         sites = args.layer or ["6"]
-        prof = profile(interface, sites, args.corpus, max_tokens=args.max_tokens, batch_size=args.batch_size)
+        prof = profile(interface, sites, args.corpus, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                       shards=args.shards, executor=args.executor, address=args.address, progress=None
+                       if args.shards == 1 and args.executor == "local" else sys.stderr.isatty())
         elapsed = time.perf_counter() - start
         for site in prof.site_names:
             _summary(prof, site, args.top)
+        sharded = f", {args.shards} shards on {args.executor}" if args.shards > 1 or args.executor != "local" else ""
         print(f"profiled {prof.n_tokens:,} tokens of {prof.meta['n_docs']:,} documents in {elapsed:.1f}s "
-              f"({prof.meta['corpus']})")
+              f"({prof.meta['corpus']}{sharded})")
         if args.save:
             prof.save(args.save)
             print(f"saved to {args.save}")

@@ -57,6 +57,7 @@ from neuron_core.analysis.modes import (
 from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron, Verdict
 from neuron_core.capture import ActivationRecord
 from neuron_core.corpus import ConceptProbes, load_probes
+from neuron_core.distributed import Executor, check_executor, run_tasks
 from neuron_core.errors import CorpusTooSmallError, InputError
 from neuron_core.profile import NeuronProfile
 
@@ -222,6 +223,28 @@ class _NullDraws:
 
 
 @dataclass
+class _NullTask:
+    """The null of one set size: its draws, and the (score, mode count) of the neurons compared with it."""
+
+    draws: _NullDraws
+    size: int
+    neurons: list[tuple[float, int]]
+
+
+def _null_of_size(task: _NullTask) -> np.ndarray:
+    """``n_null`` random sets of the task's size, then more, doubling, while one of its neurons is not settled (up
+    to ``n_null_max``). Module level: it runs as a Ray task too."""
+    cfg, draws, size = task.draws.config, task.draws, task.size
+    null = draws.more(size, 0, cfg.n_null)
+    rounds = 0
+    while null.size < cfg.n_null_max and any(not _settled(null, score, n_modes, cfg)[1]
+                                              for score, n_modes in task.neurons):
+        rounds += 1
+        null = np.concatenate([null, draws.more(size, rounds, min(null.size, cfg.n_null_max - null.size))])
+    return null
+
+
+@dataclass
 class _Work:
     """One analysed neuron between the stages of :meth:`PolysemanticDetector.run`."""
 
@@ -244,13 +267,16 @@ class PolysemanticDetector:
     def __init__(self, source: ActivationRecord | NeuronProfile, *, interface: Any = None,
                  embedder: str | Embedder = "auto", probes: dict[str, ConceptProbes] | str | None = None,
                  config: DetectorConfig | None = None, sites: Sequence[str] | None = None,
-                 neurons: Sequence[int] | dict[str, Sequence[int]] | None = None, seed: int = 0) -> None:
+                 neurons: Sequence[int] | dict[str, Sequence[int]] | None = None, seed: int = 0,
+                 executor: Executor = "local", address: str | None = None) -> None:
+        check_executor(executor, address)
         if not isinstance(source, (ActivationRecord, NeuronProfile)):
             raise InputError(f"PolysemanticDetector needs an ActivationRecord or a NeuronProfile, "
                              f"not {type(source).__name__}")
         self.source = source
         self.config = config or DetectorConfig()
         self.seed = seed
+        self.executor, self.address = executor, address
         if interface is not None:
             from neuron_core.interface import ModelInterface
 
@@ -475,21 +501,13 @@ class PolysemanticDetector:
             return {}
         pool_X, pool_ev = self._evidence(null_pool)
         draws = _NullDraws(pool_X, pool_ev, value_sets, concept_cents, cfg, self.seed)
-        nulls = {size: draws.more(size, 0, cfg.n_null) for size in sizes}
-        for size in sizes:
-            self._refine(nulls, size, draws, [w for w in work if null_size(w.n_corpus, cfg.min_contexts) == size])
+        tasks = [_NullTask(draws, size, [(float(w.score), len(w.clustering.modes)) for w in work
+                                         if null_size(w.n_corpus, cfg.min_contexts) == size]) for size in sizes]
+        # sizes are independent: with executor "ray" each is a task (the same draws, so the same nulls)
+        nulls = dict(zip(sizes, run_tasks(_null_of_size, tasks, executor=self.executor, address=self.address),
+                         strict=True))
         self.null_draws = {size: int(v.size) for size, v in nulls.items()}
         return nulls
-
-    def _refine(self, nulls: dict[int, np.ndarray], size: int, draws: _NullDraws, work: list[_Work]) -> None:
-        """More draws for ``size``, doubling, while one of its neurons is not settled (up to ``n_null_max``)."""
-        cfg = self.config
-        rounds = 0
-        while nulls[size].size < cfg.n_null_max and any(
-                not _settled(nulls[size], float(w.score), len(w.clustering.modes), cfg)[1] for w in work):
-            rounds += 1
-            extra = min(nulls[size].size, cfg.n_null_max - nulls[size].size)
-            nulls[size] = np.concatenate([nulls[size], draws.more(size, rounds, extra)])
 
     def _result(self, w: _Work, nulls: dict[int, np.ndarray], names: list[str], cents: np.ndarray
                 ) -> PolysemanticNeuron:

@@ -137,3 +137,16 @@ def test_ray_sharded_profile_equals_the_local_one_and_a_dead_worker_resumes(tiny
     died_at = int((tmp_path / "ckpt" / "died-1").read_text())
     assert 0 < died_at < survived.n_tokens  # shard 1 died after a checkpoint ...
     _equal_to_the_bit(local, survived)  # ... and its retry went on from it to the same profile
+
+
+def test_ray_detection_computes_the_same_nulls_as_the_local_one(tiny_gpt2, builtin_texts, ray_instance):
+    from neuron_core.analysis import DetectorConfig, PolysemanticDetector
+
+    prof = profile(tiny_gpt2, [1], builtin_texts[:400], progress=False)
+    cfg = DetectorConfig(max_neurons=24, n_null=60, n_null_max=240, ablation=False, probe_modes=False)
+    local = PolysemanticDetector(prof, embedder="hidden", interface=tiny_gpt2, config=cfg)
+    remote = PolysemanticDetector(prof, embedder="hidden", interface=tiny_gpt2, config=cfg, executor="ray")
+    assert local.null_draws == {} and [r.neuron for r in local.run()] == [r.neuron for r in remote.run()]
+    assert local.null_draws == remote.null_draws and max(local.null_draws.values()) > 60  # refined somewhere
+    for a, b in zip(local.results, remote.results, strict=True):
+        assert (a.score, a.p_value, a.verdict, a.z_score) == (b.score, b.p_value, b.verdict, b.z_score)
