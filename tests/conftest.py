@@ -55,3 +55,22 @@ def builtin_texts():
     from neuron_core.corpus import builtin_corpus
 
     return builtin_corpus().texts()
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """A local Ray instance for the session's Ray tests (2 CPUs, no dashboard); stopped at the end, and no Ray
+    process may be left behind."""
+    import subprocess
+    import time
+
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra .[ray]: make test installs it")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+    for _ in range(60):  # the processes take a moment to go
+        left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+        if not left.strip():
+            break
+        time.sleep(0.5)
+    assert not left.strip(), f"Ray processes left behind: {left}"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
-
 import pytest
 import torch
 
@@ -92,19 +89,7 @@ def test_executor_errors_come_before_any_work(tiny_gpt2, monkeypatch):
         profile(tiny_gpt2, [0], ["some text"], executor="ray")
 
 
-# -- Ray, on a local instance the module starts (2 CPUs, no dashboard) and stops --------------------------------------
-@pytest.fixture(scope="module")
-def ray_instance():
-    ray = pytest.importorskip("ray", reason="Ray is the optional extra .[ray]: make test installs it")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-    for _ in range(60):  # the processes take a moment to go
-        left = subprocess.run(["pgrep", "-f", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
-        if not left.strip():
-            break
-        time.sleep(0.5)
-    assert not left.strip(), f"Ray processes left behind: {left}"
+# -- Ray: the session's local instance (tests/conftest.py: 2 CPUs, no dashboard, stopped and checked at the end)
 
 
 def test_ray_tasks_run_in_order(ray_instance):

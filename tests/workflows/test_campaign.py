@@ -129,3 +129,68 @@ def test_chat_session_investigates_and_answers(tmp_path, tiny_models):
     assert "<data>" in text  # corpus text is quoted as data
     assert "unknown command '/bogus'" in text
     assert "never read" not in text
+
+
+def test_sweeps_are_written_once_and_expand_to_every_combination(tmp_path):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("name: layers\ndefaults: {llm: scripted, max_tokens: 900}\n"
+                    "sweep: {layers: 0-2, models: [tiny-gpt2, other], seeds: [0, 1]}\n")
+    campaign = load_campaign(spec)
+    assert len(campaign.requests) == 3 * 2 * 2 and len({i.key for i in campaign.requests}) == 12
+    first = campaign.requests[0]
+    assert (first.request, first.layers, first.model, first.seed, first.max_tokens) == (
+        "investigate layer 0 of tiny-gpt2", [0], "tiny-gpt2", 0, 900)
+    spec.write_text("sweep: {seeds: [3, 4]}\nrequests:\n  - explain neuron 1/2 of tiny-gpt2 (seed {seed})\n")
+    assert [(i.request, i.seed, i.layers) for i in load_campaign(spec).requests] == [
+        ("explain neuron 1/2 of tiny-gpt2 (seed 3)", 3, None), ("explain neuron 1/2 of tiny-gpt2 (seed 4)", 4, None)]
+    spec.write_text("sweep: {layers: 5-2}\n")
+    with pytest.raises(ValueError, match="sweep.layers"):
+        load_campaign(spec)
+    spec.write_text("sweep: {layers: 0-1, colours: [red]}\n")
+    with pytest.raises(ValueError, match="colours"):
+        load_campaign(spec)
+
+
+def test_the_summary_table_and_index_compare_the_experiments(tmp_path, tiny_models):
+    import pandas as pd
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: table\nsweep: {layers: 0-1, models: [tiny-gpt2]}\n")
+    folder, results = asyncio.run(run_campaign(load_campaign(spec), tmp_path / "out", _settings(tmp_path),
+                                               models=tiny_models))
+    assert [r.status for r in results] == ["done", "done"]
+    table = pd.read_parquet(folder / "summary.parquet")
+    assert table.equals(pd.read_csv(folder / "summary.csv").astype(table.dtypes.to_dict()))
+    assert list(table["layer"]) == [0, 1] and set(table["model"]) == {"tiny-gpt2"}
+    for row, result in zip(table.to_dict("records"), results, strict=True):
+        findings = json.loads(Path(result.run_dir, "findings.json").read_text())["findings"]
+        summary = next(f for f in findings if f["kind"] == "polysemantic_summary")
+        values = {q["name"]: q["value"] for q in summary["quantities"]}
+        assert row["n_analysed"] == values["n_analysed"] and row["n_polysemantic"] == values["n_polysemantic"]
+        assert row["share_polysemantic"] == pytest.approx(values["n_polysemantic"] / values["n_analysed"])
+    index = (folder / "index.html").read_text()
+    assert "<img alt=\"share of polysemantic neurons per layer\" src=\"data:image/png;base64," in index
+    assert index.count('">report</a>') == 2 and "<script" not in index
+
+
+def test_a_campaign_on_ray_gives_the_summary_of_a_local_one(tmp_path, ray_instance):
+    import pandas as pd
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text("name: onray\ndefaults: {llm: scripted, max_tokens: 600, max_neurons: 8, top_n: 2}\n"
+                    "sweep: {layers: 0-1, models: [smollm2-135m]}\n")
+    campaign = load_campaign(spec)
+    settings = WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(tmp_path), embedder="hidden",
+                                 detector_n_null=30, detector_ablation=False)
+    local_folder, local = asyncio.run(run_campaign(campaign, tmp_path / "local", settings))
+    ray_folder, remote = asyncio.run(run_campaign(campaign, tmp_path / "ray", settings, executor="ray"))
+    assert [r.status for r in remote] == [r.status for r in local] == ["done", "done"]
+    assert all(Path(r.run_dir).is_relative_to(ray_folder) and Path(r.report).exists() for r in remote)
+    columns = ["layer", "model", "n_analysed", "n_polysemantic", "n_borderline"]
+    a, b = (pd.read_csv(folder / "summary.csv")[columns] for folder in (local_folder, ray_folder))
+    assert a.equals(b)
+    assert json.loads((ray_folder / "campaign.json").read_text())["complete"]
+    # started again on Ray: nothing is run twice
+    traces = [Path(r.run_dir, "trace.jsonl").read_bytes() for r in remote]
+    _, again = asyncio.run(run_campaign(campaign, tmp_path / "ray", settings, executor="ray"))
+    assert [Path(r.run_dir, "trace.jsonl").read_bytes() for r in again] == traces
