@@ -85,6 +85,11 @@ STEPS = [
          "The test suite's 8 OR and 12 single-concept neurons planted into SmolLM2's layer 6, and the detector run "
          "over all 1,536 neurons of the layer: where the planted ones rank among the real ones, and what is "
          "detected."),
+    Step("distributed", "Ray against the local executor",
+         ["benchmarks/distributed.py"],
+         ["benchmarks/distributed.py", "--max-tokens", "3000", "--neurons", "32"],
+         "A local Ray instance with 2 CPUs on this machine: the sharded profile and the detector's null on Ray "
+         "tasks against the local executor in the same process, and what one shard costs."),
 ]
 
 
