@@ -34,9 +34,10 @@ Method, per neuron:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -223,6 +224,78 @@ class _NullDraws:
 
 
 @dataclass
+class _WorkSummary:
+    """What the null needs of an analysed neuron: its set size (-1: too few contexts for a null), score and modes."""
+
+    size: int
+    score: float
+    n_modes: int
+
+    @classmethod
+    def of(cls, w: _Work, cfg: DetectorConfig) -> _WorkSummary:
+        size = null_size(w.n_corpus, cfg.min_contexts) if w.n_corpus >= cfg.min_contexts else -1
+        return cls(size, float(w.score), len(w.clustering.modes))
+
+
+@dataclass
+class _Prepared:
+    """A run up to its null: the analysed neurons, what the null is drawn from, the probe concepts' centroids."""
+
+    work: list[_Work]
+    draws: _NullDraws | None
+    names: list[str]
+    cents: np.ndarray
+
+
+class _Parts:
+    """The parts of a neuron-split run: detectors in this process, or Ray actors holding one each."""
+
+    def __init__(self, parts: list[Any], ray: Any = None) -> None:
+        self.parts, self.ray = parts, ray
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        if self.ray is None:
+            return [getattr(part, method)(*args) for part in self.parts]
+        refs = [getattr(part, method).remote(*args) for part in self.parts]
+        return list(self.ray.get(refs))
+
+
+@contextlib.contextmanager
+def _parts(source: Any, interface: Any, groups: list[dict[str, list[int]]], kwargs: dict[str, Any],
+           executor: Executor, address: str | None) -> Iterator[_Parts]:
+    """One detector per group of neurons: here, or each in a Ray actor (a model loaded by name is loaded by the
+    actor; one built in memory is sent)."""
+    if executor == "local":
+        yield _Parts([PolysemanticDetector(source, interface=interface, neurons=g, **kwargs) for g in groups])
+        return
+    from neuron_core.distributed import ray_session
+
+    spec = interface.name if interface is not None and interface.loaded.source != "in-memory" else interface
+    with ray_session(address) as ray:
+        actor = ray.remote(_DetectorPart)
+        shared = ray.put(source)
+        yield _Parts([actor.remote(shared, spec, g, kwargs) for g in groups], ray)
+
+
+class _DetectorPart:
+    """A Ray actor holding the detector of one group of neurons (module level, so Ray can import it)."""
+
+    def __init__(self, source: Any, model: Any, neurons: dict[str, list[int]], kwargs: dict[str, Any]) -> None:
+        interface = model
+        if isinstance(model, str):
+            from neuron_core.interface import ModelInterface
+
+            interface = ModelInterface.from_pretrained(model)
+        self.detector = PolysemanticDetector(source, interface=interface, neurons=neurons, **kwargs)
+
+    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+        return self.detector.prepare_part()
+
+    def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
+        return self.detector.finish_part(nulls)
+
+
+@dataclass
 class _NullTask:
     """The null of one set size: its draws, and the (score, mode count) of the neurons compared with it."""
 
@@ -267,16 +340,19 @@ class PolysemanticDetector:
     def __init__(self, source: ActivationRecord | NeuronProfile, *, interface: Any = None,
                  embedder: str | Embedder = "auto", probes: dict[str, ConceptProbes] | str | None = None,
                  config: DetectorConfig | None = None, sites: Sequence[str] | None = None,
-                 neurons: Sequence[int] | dict[str, Sequence[int]] | None = None, seed: int = 0,
-                 executor: Executor = "local", address: str | None = None) -> None:
+                 neurons: Sequence[int] | Mapping[str, Sequence[int]] | None = None, seed: int = 0,
+                 executor: Executor = "local", address: str | None = None, shards: int = 1) -> None:
         check_executor(executor, address)
+        if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+            raise InputError(f"shards must be a whole number >= 1, got {shards!r}")
         if not isinstance(source, (ActivationRecord, NeuronProfile)):
             raise InputError(f"PolysemanticDetector needs an ActivationRecord or a NeuronProfile, "
                              f"not {type(source).__name__}")
         self.source = source
         self.config = config or DetectorConfig()
         self.seed = seed
-        self.executor, self.address = executor, address
+        self.executor, self.address, self.shards = executor, address, shards
+        self._prepared: _Prepared | None = None  # a part's run between its two halves
         if interface is not None:
             from neuron_core.interface import ModelInterface
 
@@ -311,7 +387,7 @@ class PolysemanticDetector:
         arg = self._neurons_arg
         peak = self._acts_max(site)
         n_total = peak.numel()
-        if isinstance(arg, dict):
+        if isinstance(arg, Mapping):
             chosen = [int(n) for n in arg.get(site, [])]
         elif arg is not None:
             chosen = [int(n) for n in arg]
@@ -385,9 +461,22 @@ class PolysemanticDetector:
     def run(self) -> list[PolysemanticNeuron]:
         """Analyse every chosen neuron (once; later calls return the same results): gather its contexts, embed
         them, cluster and merge them into modes, score, test against the size-matched null, give the verdict,
-        and measure the top detections' ablation effects. ``timings`` holds each stage's seconds."""
+        and measure the top detections' ablation effects. ``timings`` holds each stage's seconds. With
+        ``shards`` > 1 the neurons are split into that many parts, each prepared and finished by its own worker
+        (a Ray actor with ``executor="ray"``), the null computed once for all of them."""
         if self._results is not None:
             return self._results
+        if self.shards > 1:
+            self._results = self._run_in_parts()
+            return self._results
+        prepared = self._prepare()
+        nulls = self._stage("null", lambda: self._nulls(prepared.draws, prepared.work))
+        self._results = self._finish(prepared, nulls)
+        return self._results
+
+    def _prepare(self) -> _Prepared:
+        """Everything before the null: contexts, embeddings, probes, clusters merged into modes, scores; and what
+        the null is drawn from."""
         gathered = self._stage("contexts", self._gather)
         null_pool = self._stage("embed", lambda: self._embed_all(gathered))
         names, cents = self._stage("probes", self._probes)
@@ -395,12 +484,50 @@ class PolysemanticDetector:
         probe_acts = self._stage("probe_selectivity", lambda: self._probe_selectivity(gathered))
         work = self._stage("cluster", lambda: [self._analyse(site, neuron, ctxs, probe_acts, concept_cents)
                                                for site, neuron, ctxs in gathered])
-        nulls = self._stage("null", lambda: self._null(gathered, null_pool, concept_cents, work))
-        results = [self._result(w, nulls, names, cents) for w in work]
-        results = self._stage("ablation", lambda: self._ablate(results, work))
+        draws = self._stage("null_inputs", lambda: self._draws(gathered, null_pool, concept_cents))
+        return _Prepared(work, draws, names, cents)
+
+    def _finish(self, prepared: _Prepared, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
+        """p-values, verdicts, named modes and the ablation effects, best first."""
+        results = [self._result(w, nulls, prepared.names, prepared.cents) for w in prepared.work]
+        results = self._stage("ablation", lambda: self._ablate(results, prepared.work))
         results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
-        self._results = results
         return results
+
+    def _run_in_parts(self) -> list[PolysemanticNeuron]:
+        """The neurons in ``shards`` parts (round robin, so each part gets strong and weak ones); each part is
+        prepared by its own worker, the null is computed once over every part's neurons, then each part finishes.
+        A neuron's result does not depend on its company, so this equals one run."""
+        chosen = {site: self._neurons_for(site) for site in self.sites}
+        groups = [{site: ns[k::self.shards] for site, ns in chosen.items()} for k in range(self.shards)]
+        groups = [g for g in groups if any(g.values())]
+        kwargs = {"embedder": self._embedder_spec, "probes": self._probes_arg, "config": self.config,
+                  "sites": self.sites, "seed": self.seed}
+        with _parts(self.source, self.interface, groups, kwargs, self.executor, self.address) as parts:
+            t0 = time.perf_counter()
+            summaries = parts.call("prepare_part")
+            self.timings["parts_prepare"] = time.perf_counter() - t0
+            draws = next((d for d, _ in summaries if d is not None), None)
+            work = [_WorkSummary(size, score, n_modes) for _, ws in summaries for size, score, n_modes in ws]
+            nulls = self._stage("null", lambda: self._nulls(draws, work))
+            t0 = time.perf_counter()
+            finished = parts.call("finish_part", nulls)
+            self.timings["parts_finish"] = time.perf_counter() - t0
+        results = [r for part in finished for r in part]
+        results.sort(key=lambda r: (-r.score, r.p_value, r.site, r.neuron))
+        return results
+
+    # the two halves of a part's run (a Ray actor calls them; see :meth:`_run_in_parts`)
+    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+        self._prepared = self._prepare()
+        cfg = self.config
+        return self._prepared.draws, [(null_size(w.n_corpus, cfg.min_contexts) if w.n_corpus >= cfg.min_contexts
+                                       else -1, float(w.score), len(w.clustering.modes)) for w in self._prepared.work]
+
+    def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
+        if self._prepared is None:
+            raise RuntimeError("finish_part() before prepare_part()")
+        return self._finish(self._prepared, nulls)
 
     def _stage(self, name: str, fn: Callable[[], _T]) -> _T:
         t0 = time.perf_counter()
@@ -435,10 +562,15 @@ class PolysemanticDetector:
         fit = getattr(self.embedder, "fit", None)
         if fit is not None and reference:
             fit(reference)  # the subject embedder standardises against random contexts
+        # every view, in large batches; the random contexts first and on their own, so that their embeddings (the
+        # null's material) come from the same batches whichever neurons are analysed: a batch's shape can move the
+        # last bits of a forward
+        randoms = {(c.text, c.start, c.end): c for c in reference + null_pool}
+        if randoms:
+            self._views(list(randoms.values()))
         unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
-        unique.update({(c.text, c.start, c.end): c for c in reference + null_pool})
         if unique:
-            self._views(list(unique.values()))  # every view, in large batches
+            self._views([c for key, c in unique.items() if key not in randoms])
         if len(reference) >= 2:
             _, W, C = self._views(reference)
             self._scale = view_scale(W, C, seed=REFERENCE_SEED)
@@ -487,23 +619,33 @@ class PolysemanticDetector:
                                                               concept_cents)
         return w
 
-    def _null(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
-              concept_cents: np.ndarray | None, work: list[_Work]) -> dict[int, np.ndarray]:
-        """The null scores per set size: ``n_null`` random sets for every size, then more (doubling, up to
-        ``n_null_max``) for the sizes that still have a borderline neuron."""
+    def _draws(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
+               concept_cents: np.ndarray | None) -> _NullDraws | None:
+        """What the null sets are drawn from: the pool's embeddings and the value sets (None: no null possible)."""
         cfg = self.config
         known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before probe modes
         usable = [ctxs for ctxs in known.values() if len(ctxs) >= cfg.min_contexts]
         value_sets = [v for v in self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
                       if v.size]
-        sizes = sorted({null_size(len(ctxs), cfg.min_contexts) for ctxs in usable})
         if len(null_pool) < cfg.min_contexts or cfg.n_null <= 0 or not value_sets:
+            return None
+        pool_x, pool_ev = self._evidence(null_pool)
+        return _NullDraws(pool_x, pool_ev, value_sets, concept_cents, cfg, self.seed)
+
+    def _nulls(self, draws: _NullDraws | None, work: Sequence[_Work | _WorkSummary]) -> dict[int, np.ndarray]:
+        """The null scores per set size: ``n_null`` random sets for every size a neuron needs, then more (doubling,
+        up to ``n_null_max``) while one of its neurons is not settled. Sizes are independent: with executor "ray"
+        each is a task (the same draws, so the same nulls)."""
+        if draws is None:
             return {}
-        pool_X, pool_ev = self._evidence(null_pool)
-        draws = _NullDraws(pool_X, pool_ev, value_sets, concept_cents, cfg, self.seed)
-        tasks = [_NullTask(draws, size, [(float(w.score), len(w.clustering.modes)) for w in work
-                                         if null_size(w.n_corpus, cfg.min_contexts) == size]) for size in sizes]
-        # sizes are independent: with executor "ray" each is a task (the same draws, so the same nulls)
+        cfg = self.config
+        by_size: dict[int, list[tuple[float, int]]] = {}
+        for w in work:
+            summary = w if isinstance(w, _WorkSummary) else _WorkSummary.of(w, cfg)
+            if summary.size >= 0:
+                by_size.setdefault(summary.size, []).append((summary.score, summary.n_modes))
+        sizes = sorted(by_size)
+        tasks = [_NullTask(draws, size, by_size[size]) for size in sizes]
         nulls = dict(zip(sizes, run_tasks(_null_of_size, tasks, executor=self.executor, address=self.address),
                          strict=True))
         self.null_draws = {size: int(v.size) for size, v in nulls.items()}
