@@ -16,20 +16,26 @@ from tests.conftest import make_tiny_gpt2
 from workflows.investigation import Investigation, RunOptions
 
 
-def test_resume_reuses_plan_profile_and_findings(tmp_path, tok):
+def _finished_tiny_run(root: Path, tok) -> tuple[Path, WorkbenchSettings, dict]:
+    """A finished scripted run of a tiny model under ``root``: its folder, settings and models."""
     models = {"tiny-gpt2": ModelInterface(make_tiny_gpt2(tok, n_layer=2), tokenizer=tok, name="tiny-gpt2")}
-    settings = WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(tmp_path), max_tokens=1200,
+    settings = WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(root), max_tokens=1200,
                                  max_neurons=6, embedder="hidden", detector_n_null=20, detector_ablation=False)
-    first = asyncio.run(Investigation(RunOptions(request="investigate layer 1 of tiny-gpt2"), settings,
-                                      models=models).run())
-    assert first.status == "done"
-    run_dir = Path(first.run_dir)
+    result = asyncio.run(Investigation(RunOptions(request="investigate layer 1 of tiny-gpt2"), settings,
+                                       models=models).run())
+    assert result.status == "done"
+    return Path(result.run_dir), settings, models
+
+
+def test_resume_reuses_plan_profile_and_findings(tmp_path, tok):
+    run_dir, settings, models = _finished_tiny_run(tmp_path, tok)
+    first_run_dir = str(run_dir)
     findings_before = json.loads((run_dir / "findings.json").read_text())["findings"]
     (run_dir / "report.md").unlink()  # as if the run had stopped after its analyses
     (run_dir / "tables" / "detections.json").unlink()
     second = asyncio.run(Investigation(RunOptions(request="ignored: the stored plan is used", resume=str(run_dir)),
                                        settings, models=models).run())
-    assert second.status == "done" and second.run_dir == first.run_dir
+    assert second.status == "done" and second.run_dir == first_run_dir
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["request"] == "investigate layer 1 of tiny-gpt2"
     assert (run_dir / "report.md").exists()
@@ -48,14 +54,7 @@ def test_resume_reuses_plan_profile_and_findings(tmp_path, tok):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tok):
     """A finished tiny run, and what resuming it needs."""
-    root = tmp_path_factory.mktemp("runs")
-    models = {"tiny-gpt2": ModelInterface(make_tiny_gpt2(tok, n_layer=2), tokenizer=tok, name="tiny-gpt2")}
-    settings = WorkbenchSettings(_env_file=None, llm="scripted", runs_dir=str(root), max_tokens=1200,
-                                 max_neurons=6, embedder="hidden", detector_n_null=20, detector_ablation=False)
-    result = asyncio.run(Investigation(RunOptions(request="investigate layer 1 of tiny-gpt2"), settings,
-                                       models=models).run())
-    assert result.status == "done"
-    return Path(result.run_dir), settings, models
+    return _finished_tiny_run(tmp_path_factory.mktemp("runs"), tok)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
