@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 from neuron_core.errors import FrameworkNotAvailableError, InputError
 
-__all__ = ["Executor", "EXECUTORS", "check_executor", "ray_session", "run_tasks"]
+__all__ = ["Executor", "EXECUTORS", "check_executor", "ray_session", "run_tasks", "portable_model"]
 
 Executor = Literal["local", "ray"]
 EXECUTORS: tuple[str, ...] = ("local", "ray")
@@ -88,3 +88,20 @@ def run_tasks(fn: Callable[[S], T], specs: Sequence[S], *, executor: Executor = 
             if on_wait is not None:
                 on_wait(len(refs) - len(pending))
         return list(ray.get(refs))
+
+
+def portable_model(interface: Any) -> Any:
+    """What a Ray task gets for a model: its name when it was loaded by name (each worker loads it once), else the
+    model itself, after checking it can be sent. A model built in memory can hold things that cannot be pickled (a
+    model transformers has run with ``output_hidden_states`` keeps hooks that hold context variables): that is a
+    typed error here, with what to do, rather than Ray's dump of the object."""
+    if interface is None or interface.loaded.source != "in-memory":
+        return None if interface is None else interface.name
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(interface)
+    except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing here
+        raise InputError(f"the in-memory model {interface.name!r} cannot be sent to Ray workers ({exc}); save it "
+                         "(model.save_pretrained(folder)) and load it by path, or use the local executor") from None
+    return interface

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuron_core.corpus import Corpus
-from neuron_core.distributed import Executor, check_executor, run_tasks
+from neuron_core.distributed import Executor, check_executor, portable_model, run_tasks
 from neuron_core.errors import EmptyInputError, InputError
 
 if TYPE_CHECKING:
@@ -165,9 +165,9 @@ def profile_sharded(interface: ModelInterface, sites: list[str], corpus: Corpus,
     doc_tokens, docs = _doc_tokens(corpus, interface, max_length, overflow, max_tokens)
     specs = plan_shards(doc_tokens, shards, max_tokens)
     root = Path(checkpoint) if checkpoint is not None else Path(tempfile.mkdtemp(prefix="neuron-shards-"))
-    by_name = interface.loaded.source != "in-memory" and executor == "ray"
+    model = portable_model(interface) if executor == "ray" else interface  # a name, or the model checked
     device = str(interface.device)
-    tasks = [_ShardTask(spec, interface.name if by_name else interface, device, sites, corpus.name,
+    tasks = [_ShardTask(spec, model, device, sites, corpus.name,
                         docs[spec.doc_start:spec.doc_stop], str(root / f"shard-{spec.index:03d}"),
                         {**(options or {}), "max_length": max_length, "overflow": overflow}) for spec in specs]
     from tqdm.auto import tqdm

@@ -268,9 +268,9 @@ def _parts(source: Any, interface: Any, groups: list[dict[str, list[int]]], kwar
     if executor == "local":
         yield _Parts([PolysemanticDetector(source, interface=interface, neurons=g, **kwargs) for g in groups])
         return
-    from neuron_core.distributed import ray_session
+    from neuron_core.distributed import portable_model, ray_session
 
-    spec = interface.name if interface is not None and interface.loaded.source != "in-memory" else interface
+    spec = portable_model(interface)
     with ray_session(address) as ray:
         actor = ray.remote(_DetectorPart)
         shared = ray.put(source)

@@ -201,6 +201,16 @@ def test_hooks_removed_after_early_close(tiny: ModelInterface, user_hooks: list[
     assert live.last_sequence is None  # neither generation finished
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raising KeyboardInterrupt in this process for the test: a CI job may start with SIGINT ignored, and
+    Python then never installs its handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_hooks_removed_after_keyboard_interrupt(tiny: ModelInterface, user_hooks: list[int]) -> None:
     live = LiveMonitor(tiny, neurons=["L1/N1"])
 
@@ -216,6 +226,7 @@ def test_hooks_removed_after_keyboard_interrupt(tiny: ModelInterface, user_hooks
     assert_only_user_hooks(tiny, user_hooks)
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_while_waiting_for_the_model(tiny: ModelInterface, user_hooks: list[int]) -> None:
     live = LiveMonitor(tiny, neurons=["L1/N1"])
     slow = tiny.module.register_forward_hook(lambda *_: time.sleep(0.05))  # the consumer mostly waits on the model

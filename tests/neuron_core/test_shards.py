@@ -92,6 +92,29 @@ def test_executor_errors_come_before_any_work(tiny_gpt2, monkeypatch):
 # -- Ray: the session's local instance (tests/conftest.py: 2 CPUs, no dashboard, stopped and checked at the end)
 
 
+@pytest.fixture(scope="module")
+def fresh_tiny(tok):
+    """A tiny model no other test has run: one that transformers ran with output_hidden_states keeps hooks that
+    cannot be pickled (see test_an_unpicklable_in_memory_model_is_a_typed_error)."""
+    from neuron_core import ModelInterface
+    from tests.conftest import make_tiny_gpt2
+
+    return ModelInterface(make_tiny_gpt2(tok), tokenizer=tok, name="tiny-gpt2")
+
+
+def test_an_unpicklable_in_memory_model_is_a_typed_error(tok, texts):
+    import contextvars
+
+    from neuron_core import ModelInterface
+    from tests.conftest import make_tiny_gpt2
+
+    model = make_tiny_gpt2(tok)
+    model.recorder = contextvars.ContextVar("recorder")  # as transformers' output recorders hold
+    interface = ModelInterface(model, tokenizer=tok, name="holds-a-context-variable")
+    with pytest.raises(InputError, match="cannot be sent to Ray workers .* save it"):
+        profile(interface, [0], texts, shards=2, executor="ray")
+
+
 def test_ray_tasks_run_in_order(ray_instance):
     import json
 
@@ -100,8 +123,9 @@ def test_ray_tasks_run_in_order(ray_instance):
     assert seen[-1] == 3
 
 
-def test_ray_sharded_profile_equals_the_local_one_and_a_dead_worker_resumes(tiny_gpt2, texts, ray_instance,
+def test_ray_sharded_profile_equals_the_local_one_and_a_dead_worker_resumes(fresh_tiny, texts, ray_instance,
                                                                              tmp_path):
+    tiny_gpt2 = fresh_tiny
     from neuron_core.shards import profile_sharded
     from tests.neuron_core.ray_faults import profile_shard_dying_once
 
@@ -125,7 +149,8 @@ def test_ray_sharded_profile_equals_the_local_one_and_a_dead_worker_resumes(tiny
 
 
 @pytest.fixture(scope="module")
-def detection_case(tiny_gpt2, builtin_texts):
+def detection_case(fresh_tiny, builtin_texts):
+    tiny_gpt2 = fresh_tiny
     from neuron_core.analysis import DetectorConfig, PolysemanticDetector
 
     prof = profile(tiny_gpt2, [1, 2], builtin_texts[:400], progress=False)
@@ -149,9 +174,10 @@ def _same_results(a_run, b_run) -> None:
         assert [m.label for m in a.modes] == [m.label for m in b.modes]
 
 
-def test_neurons_split_in_parts_give_the_results_of_one_run(tiny_gpt2, detection_case):
+def test_neurons_split_in_parts_give_the_results_of_one_run(fresh_tiny, detection_case):
     from neuron_core.analysis import PolysemanticDetector
 
+    tiny_gpt2 = fresh_tiny
     prof, cfg, one = detection_case
     parts = PolysemanticDetector(prof, embedder="hidden", interface=tiny_gpt2, config=cfg, shards=3)
     _same_results(one.results, parts.run())
@@ -160,9 +186,10 @@ def test_neurons_split_in_parts_give_the_results_of_one_run(tiny_gpt2, detection
         PolysemanticDetector(prof, shards=0)
 
 
-def test_ray_detection_gives_the_results_of_the_local_one(tiny_gpt2, detection_case, ray_instance):
+def test_ray_detection_gives_the_results_of_the_local_one(fresh_tiny, detection_case, ray_instance):
     from neuron_core.analysis import PolysemanticDetector
 
+    tiny_gpt2 = fresh_tiny
     prof, cfg, one = detection_case
     nulls_on_ray = PolysemanticDetector(prof, embedder="hidden", interface=tiny_gpt2, config=cfg, executor="ray")
     _same_results(one.results, nulls_on_ray.run())

@@ -76,32 +76,42 @@ def test_ctrl_c_during_a_run_exits_130_and_the_run_resumes(tmp_path, state):
     assert not leftover.exists() and (run_dir / "report.md").exists()
 
 
-def test_ctrl_c_during_a_campaign_exits_130_and_the_campaign_goes_on_later(tmp_path):
+@pytest.mark.parametrize("cut", ["first experiment, ANALYZE", "second experiment, CAPTURE"])
+def test_ctrl_c_during_a_campaign_exits_130_and_the_campaign_goes_on_later(tmp_path, cut):
     spec = tmp_path / "c.yaml"
     spec.write_text("name: sweep\ndefaults: {llm: scripted, max_tokens: 3000, max_neurons: 24, embedder: hidden}\n"
-                    "requests:\n  - investigate layer 3 of smollm2-135m\n  - investigate layer 6 of smollm2-135m\n")
+                    "sweep: {layers: [3, 6], models: [smollm2-135m]}\n")
     out = tmp_path / "out"
     child = _start(["workflows.campaign", str(spec), "--out", str(out)])
-    end = time.monotonic() + 180
-    while not any(r.get("status") == "done" for r in _summary(out).get("results", [])):
-        assert child.poll() is None and time.monotonic() < end, child.communicate()
-        time.sleep(0.1)
-    first = Path(_summary(out)["results"][0]["run_dir"])
-    second = _wait_for_state(out / "sweep", "CAPTURE", child, other_than=first)
+    if cut.startswith("first"):
+        cut_run = _wait_for_state(out, "ANALYZE", child)
+        before = []
+    else:
+        end = time.monotonic() + 180
+        while not any(r.get("status") == "done" for r in _summary(out).get("results", [])):
+            assert child.poll() is None and time.monotonic() < end, child.communicate()
+            time.sleep(0.1)
+        first = Path(_summary(out)["results"][0]["run_dir"])
+        cut_run = _wait_for_state(out / "sweep", "CAPTURE", child, other_than=first)
+        before = ["done"]
     time.sleep(0.5)
     code, _, err = _interrupt(child)
     assert code == 130, err
     assert "terminate called" not in err and "run the same command again" in err
     summary = _summary(out)
-    assert not summary["complete"] and [r["status"] for r in summary["results"]] == ["done", "stopped"]
-    first_trace = Path(summary["results"][0]["run_dir"], "trace.jsonl").read_bytes()
+    assert not summary["complete"]
+    assert [r["status"] for r in summary["results"]] == [*before, "stopped"] + ["not run"] * (1 - len(before))
+    done_traces = {r["run_dir"]: Path(r["run_dir"], "trace.jsonl").read_bytes()
+                   for r in summary["results"] if r["status"] == "done"}
     again = subprocess.run([sys.executable, "-m", "workflows.campaign", str(spec), "--out", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     final = _summary(out)
     assert final["complete"] and [r["status"] for r in final["results"]] == ["done", "done"]
-    assert Path(final["results"][0]["run_dir"], "trace.jsonl").read_bytes() == first_trace  # not run again
-    assert final["results"][1]["resumed"] and final["results"][1]["run_dir"] == str(second)
+    for run_dir, trace in done_traces.items():
+        assert Path(run_dir, "trace.jsonl").read_bytes() == trace  # finished: not run again
+    resumed = next(r for r in final["results"] if r["run_dir"] == str(cut_run))
+    assert resumed["resumed"]
 
 
 def _summary(out: Path) -> dict:

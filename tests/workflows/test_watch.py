@@ -132,7 +132,9 @@ def test_live_view_in_a_terminal_and_ctrl_c(tiny_dir: Path) -> None:
     env.pop("NO_COLOR", None)
     cmd = [sys.executable, "-m", "workflows.watch", "--model", str(tiny_dir), "--neurons", "L1/N5,L0/N7", PROMPT,
            "--max-new-tokens", "500", "--delay", "0.1", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True)
+    # SIGINT at its default action in the child: a CI job may start with it ignored, which the child would inherit
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     try:
         before = read_until(master, proc, lambda b: b"step 3" in b, timeout=90)
