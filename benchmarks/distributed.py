@@ -1,14 +1,16 @@
 """Ray against the local executor: sharded profiles, the detector's null on Ray tasks, and the cost of a shard.
 
-    python benchmarks/distributed.py [--layer 6] [--max-tokens 30000] [--workers 2] [--neurons 256]
+    python benchmarks/distributed.py [--layer 6] [--max-tokens 30000] [--workers 2] [--neurons 0]
 
 On one machine, a local Ray instance with ``--workers`` CPUs (no dashboard), started once and kept for every Ray
 variant (its start-up is reported on its own line). Reported:
 
 1. the sharded profile (SmolLM2-135M, one layer, the built-in corpus) against the local one in the same process:
    time ratio, and the largest difference of every statistic (moments, extremes, counts, histogram, kept examples);
-2. the detector (``--neurons`` most active neurons, defaults, no ablation) with its null's set sizes as Ray tasks
-   against the local run: time ratio, largest difference of score and p-value, verdicts that differ;
+2. the detector (``--neurons`` most active neurons, 0: the whole layer; defaults, no ablation) with its null's set
+   sizes as Ray tasks against the local run, both after one warm-up run that fills the shared embedding cache (the
+   embedding stays in the driver either way): time ratio, largest difference of score and p-value, verdicts that
+   differ;
 3. the overhead of a shard as a function of its size: the same corpus in 1, 2, 4 and 8 shards on Ray, seconds per
    shard beyond the local per-token cost, the merge's seconds, and the size of one shard's profile (what travels
    back to the driver).
@@ -55,7 +57,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=30_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--neurons", type=int, default=256)
+    parser.add_argument("--neurons", type=int, default=0, help="most active neurons analysed (0: all)")
     args = parser.parse_args()
     import ray
 
@@ -76,13 +78,19 @@ def main() -> None:
         for name, value in _largest_differences(sharded, local).items():
             unit = "relative" if name in ("mean", "m2", "min", "max") else "absolute"
             print(f"| {name} | {value:.3g} ({unit}) |")
-        cfg = DetectorConfig(max_neurons=args.neurons, ablation=False)
-        det_local, d_local = _timed(lambda: PolysemanticDetector(local, interface=interface, config=cfg).run())
-        det_ray, d_ray = _timed(lambda: PolysemanticDetector(local, interface=interface, config=cfg,
-                                                             executor="ray").run())
+        from neuron_core.analysis.embed import SubjectEmbedder
+
+        cfg = DetectorConfig(max_neurons=args.neurons or None, ablation=False)
+        embedder = SubjectEmbedder(interface)
+        PolysemanticDetector(local, interface=interface, embedder=embedder, config=cfg).run()  # fills the cache
+        det_local, d_local = _timed(lambda: PolysemanticDetector(local, interface=interface, embedder=embedder,
+                                                                 config=cfg).run())
+        det_ray, d_ray = _timed(lambda: PolysemanticDetector(local, interface=interface, embedder=embedder,
+                                                             config=cfg, executor="ray").run())
         pairs = list(zip(sorted(det_local, key=lambda r: r.neuron), sorted(det_ray, key=lambda r: r.neuron),
                          strict=True))
-        print(f"\n| detector ({args.neurons} neurons) | seconds | time ratio vs local |\n|---|---:|---:|")
+        print(f"\n| detector ({len(pairs)} neurons, embeddings cached) | seconds | time ratio vs local |\n"
+              "|---|---:|---:|")
         print(f"| local | {d_local:.1f} | 1.00 |\n| null sizes as Ray tasks | {d_ray:.1f} | {d_ray / d_local:.2f} |")
         print(f"\nlargest difference: score {max(abs(a.score - b.score) for a, b in pairs):.3g}, p-value "
               f"{max(abs(a.p_value - b.p_value) for a, b in pairs):.3g}; verdicts that differ: "
