@@ -2,9 +2,10 @@
 
     python benchmarks/detection_seeds.py [--layer 6] [--max-tokens 30000] [--seeds 0,1,2,3,4]
 
-The seed draws the null's random contexts and value neurons (and the contexts the subject embedder standardises
-against). One profile, one embedder (its cache shared), the detector's defaults (no ablation: it does not change a
-verdict) over all 1,536 neurons of the layer, once per seed. Reported: each seed's counts, and for every pair of
+The seed draws the null's random sets and the neurons whose activation values they take (the random contexts and
+the subject embedder's reference are the site's token reservoir, the same for every seed). One profile, one
+embedder (its cache shared), the detector's defaults (no ablation: it does not change a verdict) over all 1,536
+neurons of the layer, once per seed. Reported: each seed's counts, and for every pair of
 seeds how much the detected set changes, as the symmetric difference over the union (goal: at most 5 %), and how
 often a neuron detected under one seed is "not detected" (not merely borderline) under another.
 """

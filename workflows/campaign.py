@@ -172,11 +172,8 @@ def _latest_run(parent: Path) -> Path | None:
     return runs[-1].parent if runs else None
 
 
-def _stored_result(item: CampaignItem, run_dir: Path) -> ItemResult | None:
+def _stored_result(item: CampaignItem, run_dir: Path, manifest: dict[str, Any]) -> ItemResult | None:
     """A finished experiment's result, read back from its run folder's manifest (None unless it is done)."""
-    from neuron_core.store import read_json_file
-
-    manifest = read_json_file(run_dir / "manifest.json", dict)
     if manifest.get("status") != "done":
         return None
     return ItemResult(request=item.request, key=item.key, status="done", exit_code=0,
@@ -187,15 +184,16 @@ def _stored_result(item: CampaignItem, run_dir: Path) -> ItemResult | None:
 async def _run_item(item: CampaignItem, root: Path, settings: Any, shared: dict[str, Any]) -> ItemResult:
     """One experiment in ``root/<key>/``: skipped when a run there is done, resumed when one is unfinished (and got
     as far as a plan), else started."""
+    from neuron_core.store import read_json_file
     from workflows.investigation import Investigation, RunOptions
 
     parent = root / item.key
     previous = _latest_run(parent)
-    if previous is not None:
-        done = _stored_result(item, previous)
-        if done is not None:
-            return done
-    resume = previous is not None and bool(json.loads((previous / "manifest.json").read_text()).get("plan"))
+    manifest = read_json_file(previous / "manifest.json", dict) if previous is not None else {}
+    done = _stored_result(item, previous, manifest) if previous is not None else None
+    if done is not None:
+        return done
+    resume = bool(manifest.get("plan"))
     options = RunOptions(**item.model_dump(), out=str(parent), resume=str(previous) if resume else None)
     result = await Investigation(options, settings, models=shared).run()
     return ItemResult(request=item.request, key=item.key, status=result.status, exit_code=result.exit_code,

@@ -122,9 +122,9 @@ class DetectorConfig:
     """... and score at least this."""
     probe_min_similarity: float = 0.40
     null_pool: int = 600
-    """Random contexts per site the null sets are drawn from (uniform over the site's tokens). From a profile the
-    pool is the union of the neurons' uniform samples, which share their hash-chosen tokens: a 30,000-token profile
-    yields only about 200 distinct contexts, whatever this says."""
+    """Random contexts per site the null sets are drawn from, uniform over the site's tokens: from a profile, its
+    token reservoir (``StatsConfig.n_reservoir``, 512 by default: all of it when this asks for more); a profile saved
+    before the reservoir existed falls back to the union of the neurons' samples (about 200 distinct contexts)."""
     null_value_neurons: int = 256
     """Neurons (drawn at random from the analysed sites' firing neurons) whose strong contexts' activation values
     the null sets take."""

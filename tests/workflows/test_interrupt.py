@@ -38,7 +38,11 @@ def _wait_for_state(folder: Path, state: str, child: subprocess.Popen[str], time
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         assert child.poll() is None, child.communicate()
-        for trace in folder.rglob("trace.jsonl"):
+        try:  # the run swaps folders in atomically: one may vanish while the search walks it
+            traces = list(folder.rglob("trace.jsonl"))
+        except FileNotFoundError:
+            continue
+        for trace in traces:
             entered = any(e["kind"] == "transition" and e["to"] == state for e in _events(trace))
             if entered and trace.parent != other_than:
                 return trace.parent
