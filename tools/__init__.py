@@ -16,7 +16,7 @@ Each tool is a plain function ``fn(ctx, args) -> result`` (pydantic in and out, 
 in them is fenced as ``<data>…</data>``. Tools write only inside the run folder. Nothing here imports an LLM library.
 """
 
-from tools import figures, model, neurons, polysemantic, record  # noqa: F401 - importing registers the tools
+from tools import ablate, figures, model, neurons, polysemantic, record  # noqa: F401 - importing registers the tools
 from tools._base import (
     DATA_CLOSE,
     DATA_OPEN,

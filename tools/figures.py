@@ -118,6 +118,8 @@ def make_figure(ctx: ToolContext, args: FigureArgs) -> FigureResult:
 
 class DashboardArgs(StrictArgs):
     max_pages: int = Field(default=12, ge=1, le=100)
+    neurons: list[str] | None = Field(default=None, max_length=20, description="neuron ids that must have a page "
+                                      "(besides the detected ones); default: detected, then most active")
 
 
 class DashboardResult(BaseModel):
@@ -135,8 +137,12 @@ def make_dashboard(ctx: ToolContext, args: DashboardArgs) -> DashboardResult:
     viz = ActivationVisualizer(prof)
     verdicts = _polysemantic(ctx)
     target = ctx.run.path_for("figures/dashboard")
+    chosen = None  # the default choice: detected, then most active
+    if args.neurons:
+        chosen = list(dict.fromkeys([*args.neurons, *(v.ref for v in verdicts)]))[:max(args.max_pages,
+                                                                                       len(args.neurons))]
     with atomic_dir(target) as tmp:
-        viz.save_dashboard(tmp, detections=verdicts or None, logit_effects=list(ctx.logit.values()) or None,
+        viz.save_dashboard(tmp, chosen, detections=verdicts or None, logit_effects=list(ctx.logit.values()) or None,
                            max_pages=args.max_pages, title=f"Neurons of {prof.meta.get('model', 'the model')}")
     pages = sorted(p.name for p in target.glob("neuron_*.html"))
     return DashboardResult(artifact="figures/dashboard/index.html", pages=[f"figures/dashboard/{p}" for p in pages],

@@ -37,7 +37,8 @@ __all__ = ["Finding", "FindingsDocument", "FindingStore", "FindingKind", "Quanti
            "MissingQuantityError", "quantities_of", "artifact_numbers", "NEURON_REF_RE", "normalise_ref", "ref_parts"]
 
 FindingKind = Literal["run", "layer_summary", "top_neurons", "polysemantic", "polysemantic_summary", "mode",
-                      "neuron_verdict", "logit_effects", "token_analysis", "examples", "note"]
+                      "neuron_verdict", "logit_effects", "token_analysis", "examples", "ablation", "comparison",
+                      "note"]
 Verdict = Literal["detected", "borderline", "not detected"]  # neuron_core.analysis.types.Verdict (tested equal)
 
 NEURON_REF_RE = re.compile(r"\bL(\d+)\s*/\s*N(\d+)\b")

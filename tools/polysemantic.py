@@ -234,6 +234,7 @@ class NeuronModes(BaseModel):
     verdict: Verdict
     modes: list[ModeView]
     summary: str
+    finding_id: str = Field(description="the finding that holds these numbers (recorded if it was not yet)")
     headline: str
 
 
@@ -258,8 +259,11 @@ def describe_neuron(ctx: ToolContext, args: DescribeArgs) -> NeuronModes:
                       effect=None if m.effect is None else round(m.effect, 4),
                       examples=[f"{fence(e.text)} = {e.value:.3g}" for e in m.examples[:args.n_examples]])
              for m in verdict.modes]
+    recorded = next((f for f in ctx.findings.all() if f.kind in ("polysemantic", "neuron_verdict")
+                     and f.subject == verdict.ref), None)
+    fid = recorded.id if recorded else record_verdict(ctx.findings, verdict, artifact=DETECTIONS_FILE)
     return NeuronModes(neuron=verdict.ref, score=round(verdict.score, 4), p_value=round(verdict.p_value, 4),
                        z_score=round(verdict.z_score, 3), separation=round(verdict.separation, 4),
                        n_modes=verdict.n_modes, verdict=verdict.verdict, modes=modes,
-                       summary=fence(verdict.summary, 600),
+                       summary=fence(verdict.summary, 600), finding_id=fid,
                        headline=f"{verdict.ref}: {verdict.n_modes} modes, score {verdict.score:.2f}")

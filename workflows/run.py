@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "parse_layers"]
+__all__ = ["main", "build_parser", "parse_layers", "event_line"]
 
 
 def parse_layers(text: str) -> list[int]:
@@ -75,33 +75,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def event_line(event: dict[str, Any]) -> str | None:
+    """One trace event as the terminal shows it while a run works (None: not shown)."""
+    kind = event.get("kind")
+    t = f"{event.get('elapsed', 0):7.1f}s"
+    if kind == "run_start":
+        return f"{t} LLM backend: {event['backend']} ({event['why']})"
+    if kind == "transition":
+        reason = f": {event['reason']}" if event.get("reason") else ""
+        return f"{t} [{event['to']}]{reason}"[:300]
+    if kind == "transition_refused":
+        return f"{t}   refused {event['frm']} -> {event['to']} proposed by {event['by']}: {event['reason']}"
+    if kind == "tool_call":
+        status = "ok" if event.get("ok") else "FAILED"
+        return (f"{t}   {event['caller']}: {event['tool']} {status} ({event['seconds']:.1f}s) "
+                f"{event.get('summary', '')}")[:300]
+    if kind == "llm_call":
+        return (f"{t}   {event.get('agent') or 'llm'}: LLM call {event['seconds']:.1f}s, "
+                f"{event['prompt_tokens']}+{event['completion_tokens']} tokens")
+    if kind == "llm_retry":
+        return f"{t}   LLM retry {event['attempt']} in {event['delay']}s: {event['error']}"
+    if kind == "plan":
+        plan = event["plan"]
+        return (f"{t}   plan: model={plan['model']} layers={plan['layers']} corpus={plan['corpus']} "
+                f"max_tokens={plan['max_tokens']} max_neurons={plan['max_neurons']} ({plan['source']})")
+    return None
+
+
 def _echo(quiet: bool) -> Any:
     def show(event: dict[str, Any]) -> None:
-        if quiet:
-            return
-        kind = event.get("kind")
-        t = f"{event.get('elapsed', 0):7.1f}s"
-        if kind == "run_start":
-            print(f"{t} LLM backend: {event['backend']} ({event['why']})", flush=True)
-        elif kind == "transition":
-            reason = f": {event['reason']}" if event.get("reason") else ""
-            print(f"{t} [{event['to']}]{reason}"[:300], flush=True)
-        elif kind == "transition_refused":
-            print(f"{t}   refused {event['frm']} -> {event['to']} proposed by {event['by']}: {event['reason']}",
-                  flush=True)
-        elif kind == "tool_call":
-            status = "ok" if event.get("ok") else "FAILED"
-            print(f"{t}   {event['caller']}: {event['tool']} {status} ({event['seconds']:.1f}s) "
-                  f"{event.get('summary', '')}"[:300], flush=True)
-        elif kind == "llm_call":
-            print(f"{t}   {event.get('agent') or 'llm'}: LLM call {event['seconds']:.1f}s, "
-                  f"{event['prompt_tokens']}+{event['completion_tokens']} tokens", flush=True)
-        elif kind == "llm_retry":
-            print(f"{t}   LLM retry {event['attempt']} in {event['delay']}s: {event['error']}", flush=True)
-        elif kind == "plan":
-            plan = event["plan"]
-            print(f"{t}   plan: model={plan['model']} layers={plan['layers']} corpus={plan['corpus']} "
-                  f"max_tokens={plan['max_tokens']} max_neurons={plan['max_neurons']} ({plan['source']})", flush=True)
+        line = None if quiet else event_line(event)
+        if line is not None:
+            print(line, flush=True)
 
     return show
 

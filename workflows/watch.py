@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from neuron_core.live import LiveMonitor, StepActivations
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "watch_lines"]
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -231,6 +231,27 @@ class _RichView:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
+def watch_lines(interface: Any, neurons: list[str], prompt: str, say: Callable[[str], None], *,
+                max_new_tokens: int = 20, top: int = 3) -> str:
+    """Watch ``neurons`` on an already loaded model while it continues ``prompt`` (greedy), one line per token
+    through ``say``, then the summary; returns the generated text. What the chat's ``/watch`` runs."""
+    from neuron_core.live import LiveMonitor
+
+    monitor = LiveMonitor(interface, neurons=neurons, top_k=top)
+    tracker = _Tracker(None, [n.label for n in monitor.neurons])
+    pieces: list[str] = []
+    with closing(monitor.stream_generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)) as stream:
+        for step in stream:
+            tracker.add(step)
+            if not step.is_prompt:
+                pieces.append(step.token)
+            cells = "  ".join(f"{label}={value:+.3f}" for label, value in step.neurons.items())
+            say(f"{_step_label(step):>8}  {step.token!r:<16}  {cells}")
+    for line in tracker.summary_lines():
+        say(line)
+    return "".join(pieces)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     steps_seen = 0
