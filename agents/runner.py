@@ -21,7 +21,7 @@ import asyncio
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -40,6 +40,7 @@ __all__ = ["AgentTurn", "TurnFacts", "AgentRunner", "AutoGenRunner", "WorkbenchT
            "set_worker_threads", "default_torch_threads", "interrupt_worker"]
 
 T = TypeVar("T")
+Route = Callable[[str, dict[str, Any]], Awaitable[ToolContext]]  # (tool name, arguments) -> the context to call in
 
 
 class _Worker:
@@ -189,10 +190,11 @@ class WorkbenchTool(BaseTool[BaseModel, str]):  # type: ignore[type-var]  # resu
     """A registered tool as an AutoGen tool, bound to one run's context and one caller, with the plan's limits."""
 
     def __init__(self, spec: ToolSpec[Any, Any], ctx: ToolContext, caller: str, outcomes: list[ToolOutcome],
-                 limits: dict[str, float] | None = None) -> None:
+                 limits: dict[str, float] | None = None, route: Route | None = None) -> None:
         super().__init__(spec.args, str, spec.name, spec.description)
         self.spec, self.ctx, self.caller, self.outcomes = spec, ctx, caller, outcomes
         self.limits = limits or {}
+        self.route = route
 
     async def run(self, args: BaseModel, cancellation_token: CancellationToken) -> str:
         return await self._call(args.model_dump())
@@ -205,11 +207,17 @@ class WorkbenchTool(BaseTool[BaseModel, str]):  # type: ignore[type-var]  # resu
     async def _call(self, raw: dict[str, Any]) -> str:
         over = [f"{k}={raw[k]} (the plan allows at most {cap})" for k, cap in self.limits.items()
                 if isinstance(raw.get(k), (int, float)) and raw[k] > cap]
-        if over:
+        ctx, kind, refused = self.ctx, "PlanLimit", ("refused: " + ", ".join(over)) if over else ""
+        if not refused and self.route is not None:
+            try:
+                ctx = await self.route(self.name, raw)
+            except Exception as exc:  # noqa: BLE001 - the model reads why, and may try otherwise
+                kind, refused = "Unavailable", " ".join(str(exc).split())
+        if refused:
             outcome = ToolOutcome(tool=self.name, ok=False, error=ToolError(
-                tool=self.name, kind="PlanLimit", recoverable=True, message="refused: " + ", ".join(over)))
+                tool=self.name, kind=kind, recoverable=True, message=refused))
         else:
-            outcome = await run_in_thread(call_tool, self.ctx, self.name, raw, caller=self.caller)
+            outcome = await run_in_thread(call_tool, ctx, self.name, raw, caller=self.caller)
         self.outcomes.append(outcome)
         return outcome.for_llm()
 
@@ -227,11 +235,13 @@ def _content(value: Any, limit: int = 2000) -> Any:
 
 
 class AutoGenRunner:
-    """Runs turns with AutoGen ``AssistantAgent``s (composed per turn, never subclassed)."""
+    """Runs turns with AutoGen ``AssistantAgent``s (composed per turn, never subclassed). ``route`` picks the tool
+    context per call (a chat session routes each call to the run of the layer it names)."""
 
     def __init__(self, client: GuardedClient, ctx: ToolContext, *, name: str, tool_calling: bool,
                  max_tool_iterations: int = 8, on_event: Callable[..., None] | None = None,
-                 limits: dict[str, dict[str, float]] | None = None) -> None:
+                 limits: dict[str, dict[str, float]] | None = None, route: Route | None = None) -> None:
+        self.route = route
         self.client = client
         self.ctx = ctx
         self.name = name
@@ -246,7 +256,7 @@ class AutoGenRunner:
 
     async def turn(self, role: Role, task: str, facts: TurnFacts) -> AgentTurn:
         outcomes: list[ToolOutcome] = []
-        tools: list[Any] = [WorkbenchTool(TOOLS[n], self.ctx, role.name, outcomes, self.limits.get(n))
+        tools: list[Any] = [WorkbenchTool(TOOLS[n], self.ctx, role.name, outcomes, self.limits.get(n), self.route)
                             for n in role.tools] if self.tool_calling else []
         agent = AssistantAgent(role.name, self.client.for_agent(role.name), tools=tools or None,
                                system_message=role.system, description=role.description,

@@ -78,9 +78,10 @@ class Answerer:
         except Ask as ask:
             return Reply(question=str(ask))
         self.session.save()
-        return self._checked(reply)
+        return self.checked(reply)
 
-    def _checked(self, reply: Reply) -> Reply:
+    def checked(self, reply: Reply) -> Reply:
+        """The reply with every sentence that fails the claim check against its findings taken out."""
         if not reply.text:
             return reply
         names = [self.focus.model or "", *self.session.models_known()]
@@ -212,7 +213,16 @@ class Answerer:
             return self._top_examples(entry, ref, f"{ref} was not among the neurons analysed for modes in its run.")
         result, finding = described
         self._list("modes", [str(i) for i in range(1, len(result.modes) + 1)])
-        return Reply(text=explain_text(finding, ref), data=mode_examples(result), findings=[finding],
+        findings, lead = [finding], ""
+        if f.neuron is not None and f.neuron.kind == "top" and finding.verdict != "detected":
+            layer = _layer_of(ref)
+            summary = next((x for x in self.session.ctx_for(entry).findings.all() if x.kind == "polysemantic_summary"
+                            and x.value("n_analysed", layer=layer, default=None) is not None), None)
+            if summary is not None:
+                findings.append(summary)
+                lead = (f"None of the {int(summary.value('n_analysed', layer=layer))} neurons analysed in layer "
+                        f"{layer} is polysemantic [{summary.id}]; the most strongly activating one is {ref}.\n\n")
+        return Reply(text=lead + explain_text(finding, ref), data=mode_examples(result), findings=findings,
                      runs=[entry.run_dir])
 
     def _mode_index(self, spec: ModeSpec | None, result: Any) -> int | None:
@@ -281,11 +291,9 @@ class Answerer:
         found = self.session.ctx_for(entry).findings.get(a.finding_id)
         on = f"mode {index} ({_q(result.modes[index - 1].label)})" if index else f"contexts holding {_q(a.selection)}"
         checked = [found] + ([finding] if finding is not None else [])
-        direction = "raises" if a.effect > 0 else "lowers"
-        text = (f"Zero-ablating {ref} on {a.n_contexts} of its {on} contexts {direction} the model's loss by "
-                f"{abs(a.effect):.3g} nats per token [{a.finding_id}].")
-        if index is not None:
-            text = text.replace(f"of its {on} contexts", f"contexts of its {on}")
+        where = f"contexts of its {on}" if index is not None else on
+        text = (f"Zero-ablating {ref} on {a.n_contexts} {where} changes the model's loss by {a.effect:+.3g} nats per "
+                f"token [{a.finding_id}] (positive: the model needs the neuron there).")
         return Reply(text=text, data=[f"{d:+8.3g}  {t}" for t, d in a.per_context], findings=checked,
                      runs=[entry.run_dir])
 
@@ -415,8 +423,7 @@ def explain_text(finding: Finding, ref: str) -> str:
         sentence = f"Mode {i} of {ref}, {_q(label)}, holds {share} of its activation mass"
         effect = finding.value("effect", neuron=ref, mode=i, default=None)
         if effect is not None:
-            sentence += (f"; zeroing the neuron there {'raises' if effect > 0 else 'lowers'} the loss by "
-                         f"{abs(effect):.3g} nats per token")
+            sentence += f"; zeroing the neuron there changes the loss by {effect:+.3g} nats per token"
         modes.append(sentence + f" [{fid}].")
     return "\n\n".join([first + " " + why, " ".join(modes)])
 
