@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.followups import FollowUp, ModeSpec, NeuronSpec
-from tools import Finding, check_claims, remove_sentences
+from tools import DATA_CLOSE, DATA_OPEN, Finding, check_claims, remove_sentences
 from tools.findings import Quantity, ref_parts
 from workflows.session import RunEntry, Session
 
@@ -46,7 +46,12 @@ class Ask(Exception):  # noqa: N818 - a question back, not an error
 
 
 def _q(text: str) -> str:
-    return f"“{text}”"
+    return f"“{_plain(text)}”"
+
+
+def _plain(text: str) -> str:
+    """A tool's fenced text without its data markers (the prose quotes it; the claim check knows the label)."""
+    return text.replace(DATA_OPEN, "").replace(DATA_CLOSE, "")
 
 
 def _layer_of(ref: str) -> int:
@@ -217,7 +222,7 @@ class Answerer:
         if f.neuron is not None and f.neuron.kind == "top" and finding.verdict != "detected":
             layer = _layer_of(ref)
             summary = next((x for x in self.session.ctx_for(entry).findings.all() if x.kind == "polysemantic_summary"
-                            and x.value("n_analysed", layer=layer, default=None) is not None), None)
+                            and x.has("n_analysed", layer=layer)), None)
             if summary is not None:
                 findings.append(summary)
                 lead = (f"None of the {int(summary.value('n_analysed', layer=layer))} neurons analysed in layer "
@@ -238,8 +243,8 @@ class Answerer:
         else:
             word = (spec.concept or "").lower()
             hits = [i for i, m in enumerate(result.modes, 1)
-                    if word in m.label.lower() or word in (m.probe_concept or "").lower()
-                    or any(word in t.lower().strip() for t in m.top_tokens)]
+                    if word in _plain(m.label).lower() or word in (m.probe_concept or "").lower()
+                    or any(word in _plain(t).lower().strip() for t in m.top_tokens)]
             if not hits:
                 return None
             index = hits[0]
@@ -289,7 +294,10 @@ class Answerer:
         a = outcome.result
         self._set_focus(model, ref)
         found = self.session.ctx_for(entry).findings.get(a.finding_id)
-        on = f"mode {index} ({_q(result.modes[index - 1].label)})" if index else f"contexts holding {_q(a.selection)}"
+        if index is not None and result is not None:
+            on = f"mode {index} ({_q(result.modes[index - 1].label)})"
+        else:
+            on = f"contexts holding {_q(a.selection)}"
         checked = [found] + ([finding] if finding is not None else [])
         where = f"contexts of its {on}" if index is not None else on
         text = (f"Zero-ablating {ref} on {a.n_contexts} {where} changes the model's loss by {a.effect:+.3g} nats per "
@@ -364,7 +372,7 @@ class Answerer:
         sentences = []
         for layer in layers:
             summary = next((x for x in findings if x.kind == "polysemantic_summary"
-                            and x.value("n_analysed", layer=layer, default=None) is not None), None)
+                            and x.has("n_analysed", layer=layer)), None)
             if summary is None:
                 continue
             found = [r for r in summary.neurons if _layer_of(r) == layer]
@@ -421,8 +429,8 @@ def explain_text(finding: Finding, ref: str) -> str:
     for i in finding.mode_indices(ref):
         label, share = finding.text("mode", neuron=ref, mode=i), finding.text("share_text", neuron=ref, mode=i)
         sentence = f"Mode {i} of {ref}, {_q(label)}, holds {share} of its activation mass"
-        effect = finding.value("effect", neuron=ref, mode=i, default=None)
-        if effect is not None:
+        if finding.has("effect", neuron=ref, mode=i):
+            effect = finding.value("effect", neuron=ref, mode=i)
             sentence += f"; zeroing the neuron there changes the loss by {effect:+.3g} nats per token"
         modes.append(sentence + f" [{fid}].")
     return "\n\n".join([first + " " + why, " ".join(modes)])

@@ -44,6 +44,9 @@ Commands:
   /quit                         leave (Ctrl-D too); --resume SESSION_DIR comes back"""
 
 HELP = GRAMMAR + "\n\n" + COMMANDS
+QUESTIONS = ("explain", "examples", "promotes", "ablate", "unclear")
+"""Follow-ups a tool-calling Analyst answers; the rest (investigate, compare, dashboard, report) are actions the chat
+carries out the same way whatever the backend."""
 
 
 class ChatSession:
@@ -63,8 +66,8 @@ class ChatSession:
         self.defaults = dict(defaults or {})
         self.models: dict[str, Any] = models if models is not None else {}
         self.view = _View(say)
-        self.session = (Session.open(resume, parent=self.out, models=self.models) if resume
-                        else Session.create(self.out, models=self.models))
+        self.session = (Session.open(resume, parent=self.out, models=self.models, echo=self.view.event) if resume
+                        else Session.create(self.out, models=self.models, echo=self.view.event))
         self.session.ctx_options = {"device": self.defaults.get("device") or self.settings.device,
                                     "embedder": self.defaults.get("embedder") or self.settings.embedder,
                                     "seed": self.defaults.get("seed", 0), "n_null": self.settings.detector_n_null,
@@ -109,7 +112,7 @@ class ChatSession:
     async def _sentence(self, text: str) -> None:
         followup = parse_followup(text)
         self.session.trace.event("followup", **followup.model_dump(mode="json", exclude={"text"}))
-        if self.choice.tool_calling and followup.intent != "investigate" and self.session.state.runs:
+        if self.choice.tool_calling and followup.intent in QUESTIONS and self.session.state.runs:
             from workflows.chat_llm import llm_answer
 
             reply = await llm_answer(self, text)
@@ -267,6 +270,11 @@ class _View:
     def event(self, event: dict[str, Any]) -> None:
         from workflows.run import event_line
 
+        kind = event.get("kind")
+        if kind == "reused":
+            what = event.get("what") or f"layer(s) {', '.join(map(str, event.get('layers', [])))}"
+            self.note(f"  (the session has {what}: nothing recomputed)", "dim")
+            return
         line = event_line(event)
         if line is not None:
             self.note(line, "dim")

@@ -80,6 +80,7 @@ async def llm_answer(chat: ChatSession, text: str) -> Reply:
 
     budget = BudgetTracker(Budget(settings.max_llm_calls, settings.max_llm_tokens, settings.max_wall_seconds))
     raw = chat.client if chat.client is not None else make_client(chat.choice, settings)
+    assert raw is not None  # only the scripted backend has no client, and it never gets here
     guarded = GuardedClient(raw, before_call=budget.before_llm_call, after_call=budget.after_llm_call,
                             max_retries=settings.llm_max_retries, base_delay=settings.llm_retry_base_delay,
                             max_delay=settings.llm_retry_max_delay, on_event=session.trace.event)

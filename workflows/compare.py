@@ -52,7 +52,7 @@ def _facts(session: Session, entry: RunEntry, layer: int) -> LayerFacts:
     ctx = session.ctx_for(entry)
     findings = ctx.findings.all()
     summary = next(f for f in findings if f.kind == "polysemantic_summary"
-                   and f.value("n_analysed", layer=layer, default=None) is not None)
+                   and f.has("n_analysed", layer=layer))
     top = []
     for f in findings:
         ref = f.subject
@@ -99,13 +99,17 @@ def _figure(session: Session, model: str, layers: list[LayerFacts]) -> str:
     left.bar(names, [100 * lf.share for lf in layers], color="#4c72b0")
     left.set_ylabel("detected polysemantic (% of analysed)")
     left.set_title("detected share")
+    import numpy as np
+
+    jitter = np.random.default_rng(0)
     for i, lf in enumerate(layers):
-        right.scatter([i] * len(lf.scores), lf.scores, s=10, alpha=0.35, color="#7f7f7f", label="analysed" if i == 0
-                      else None)
+        right.scatter(i + jitter.uniform(-0.12, 0.12, len(lf.scores)), lf.scores, s=10, alpha=0.35, color="#7f7f7f",
+                      label="analysed" if i == 0 else None)
         right.scatter([i] * len(lf.detected_scores), lf.detected_scores, s=22, color="#c44e52",
                       label="detected" if i == 0 else None)
-        for ref, score, _ in lf.top:
-            right.annotate(ref, (i, score), xytext=(6, 0), textcoords="offset points", fontsize=7)
+        for rank, (ref, score, _) in enumerate(lf.top):
+            right.annotate(ref, (i, score), xytext=(14, -10 * rank), textcoords="offset points", fontsize=7,
+                           arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.5})
     right.set_xticks(range(len(layers)), names)
     right.set_ylabel("polysemanticity score")
     right.set_title("scores of the analysed neurons")

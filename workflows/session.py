@@ -79,31 +79,34 @@ class Session:
     """The memory of one chat: see the module docstring. ``compute(model, layers, why)`` makes a run for layers the
     session lacks (the chat passes a scripted investigation); models load once into ``models``."""
 
-    def __init__(self, folder: RunFolder, state: SessionState, *, models: dict[str, Any] | None = None) -> None:
+    def __init__(self, folder: RunFolder, state: SessionState, *, models: dict[str, Any] | None = None,
+                 echo: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.folder = folder
         self.state = state
         self.models: dict[str, Any] = models if models is not None else {}
-        self.trace = Trace(folder)
+        self.trace = Trace(folder, echo=echo)
         self._contexts: dict[str, ToolContext] = {}
         self.ctx_options: dict[str, Any] = {}  # device, embedder, seed, n_null, ablation: as the runs had them
         self._findings: FindingStore | None = None
 
     # ---------------------------------------------------------------------------------------- folders
     @classmethod
-    def create(cls, parent: str, *, models: dict[str, Any] | None = None) -> Session:
+    def create(cls, parent: str, *, models: dict[str, Any] | None = None,
+               echo: Callable[[dict[str, Any]], None] | None = None) -> Session:
         folder = RunFolder.create(parent, slug="chat-session").lock()
-        session = cls(folder, SessionState(), models=models)
+        session = cls(folder, SessionState(), models=models, echo=echo)
         session.save()
         session.trace.event("session_start", folder=str(folder.root))
         return session
 
     @classmethod
-    def open(cls, path: str, *, parent: str, models: dict[str, Any] | None = None) -> Session:
+    def open(cls, path: str, *, parent: str, models: dict[str, Any] | None = None,
+             echo: Callable[[dict[str, Any]], None] | None = None) -> Session:
         """A saved session (``session.json``), or a single run folder wrapped in a new session under ``parent``."""
         root = Path(path)
         if (root / SESSION_FILE).is_file():
             state = SessionState.model_validate(read_json_file(root / SESSION_FILE, dict))
-            session = cls(RunFolder(root).lock(), state, models=models)
+            session = cls(RunFolder(root).lock(), state, models=models, echo=echo)
             session.trace.event("session_resumed", runs=len(state.runs), answers=len(state.answers))
             return session
         folder = RunFolder.open(root)  # a run folder: its manifest must read
@@ -111,7 +114,7 @@ class Session:
         if entry is None:
             raise CorruptRunFolderError(f"{root / 'manifest.json'}: it holds no plan (model and layers); "
                                         "nothing to open")
-        session = cls.create(parent, models=models)
+        session = cls.create(parent, models=models, echo=echo)
         session.add_run(entry)
         session.state.focus = Focus(model=entry.model, layer=entry.layers[0])
         session.save()
@@ -187,7 +190,7 @@ class Session:
         """The run's tool context, with its model attached when loaded (cached: a run's profile loads once)."""
         ctx = self._contexts.get(entry.run_dir)
         if ctx is None:
-            ctx = ToolContext(RunFolder(entry.run_dir), models=self.models, **self.ctx_options)
+            ctx = ToolContext(RunFolder(entry.run_dir), models=self.models, on_call=self._on_call, **self.ctx_options)
             self._contexts[entry.run_dir] = ctx
         if ctx.interface is None:
             if entry.model not in self.models:
@@ -197,12 +200,12 @@ class Session:
             ctx.interface = self.models.get(entry.model)
         return ctx
 
+    def _on_call(self, record: Any) -> None:
+        self.trace.event("tool_call", **record.model_dump(mode="json"))
+
     def call(self, entry: RunEntry, tool: str, args: dict[str, Any]) -> ToolOutcome:
-        """A tool call on one of the session's runs, in the session's trace."""
-        outcome = call_tool(self.ctx_for(entry), tool, args, caller="chat")
-        self.trace.event("tool_call", run=entry.run_dir, tool=tool, args=args, ok=outcome.ok,
-                         error=outcome.error.line() if outcome.error else None)
-        return outcome
+        """A tool call on one of the session's runs (the session's trace records it)."""
+        return call_tool(self.ctx_for(entry), tool, args, caller="chat")
 
 
 def entry_of(run_dir: str, why: str = "") -> RunEntry | None:
@@ -211,7 +214,8 @@ def entry_of(run_dir: str, why: str = "") -> RunEntry | None:
     plan = manifest.get("plan") or {}
     if not plan.get("model") or not plan.get("layers"):
         return None
-    status = manifest.get("status") if manifest.get("status") in ("done", "failed", "stopped") else "failed"
+    status: Literal["done", "failed", "stopped"] = manifest["status"] if manifest.get("status") in (
+        "done", "failed", "stopped") else "failed"
     return RunEntry(run_dir=str(Path(run_dir).resolve()), model=str(plan["model"]),
                     layers=[int(x) for x in plan["layers"]], status=status, request=str(manifest.get("request", "")),
                     computed_for=why)

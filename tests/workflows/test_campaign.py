@@ -15,7 +15,6 @@ from neuron_core.errors import RunFolderBusyError
 from neuron_core.store import RunFolder
 from tests.conftest import make_tiny_gpt2
 from workflows.campaign import load_campaign, run_campaign
-from workflows.chat import ChatSession
 
 
 @pytest.fixture(scope="module")
@@ -115,20 +114,6 @@ def test_campaign_entries_are_checked_like_the_run_flags(tmp_path):
         spec.write_text(f"requests:\n  - {bad}\n")
         with pytest.raises(ValueError, match=where):
             load_campaign(spec)
-
-
-def test_chat_session_investigates_and_answers(tmp_path, tiny_models):
-    said: list[str] = []
-    session = ChatSession(_settings(tmp_path), out=str(tmp_path), models=tiny_models, say=said.append)
-    session.loop(["/findings", "investigate layer 1 of tiny-gpt2", "/findings layer_summary", "/examples L1/N3",
-                  "/neuron L1/N250", "/bogus", "/quit", "never read"])
-    text = "\n".join(said)
-    assert "no investigation yet" in said[0]
-    assert "done:" in text and "[DONE]" in text
-    assert "[layer_summary] Layer L1" in text or "[layer_summary] <data>Layer L1" in text
-    assert "<data>" in text  # corpus text is quoted as data
-    assert "unknown command '/bogus'" in text
-    assert "never read" not in text
 
 
 def test_sweeps_are_written_once_and_expand_to_every_combination(tmp_path):

@@ -42,7 +42,8 @@ def _findings(run: Path) -> list[dict]:
 
 
 def _run_of(session: Path, layer: int) -> Path:
-    return next(p for p in sorted(session.iterdir()) if p.is_dir() and p.name.endswith(f"layer-{layer}-of-smollm2-135m"))
+    suffix = f"layer-{layer}-of-smollm2-135m"
+    return next(p for p in sorted(session.iterdir()) if p.is_dir() and p.name.endswith(suffix))
 
 
 def _q(name: str, f: dict, **where) -> float:
