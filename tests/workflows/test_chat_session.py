@@ -86,8 +86,10 @@ def test_follow_ups_reuse_the_session_and_resume_it(tmp_path, tiny_models):
 
     said.clear()
     again = _chat(tmp_path, tiny_models, said, llm="scripted", resume=str(root))
-    again.loop(["what does it promote?", "/layers"])
-    assert "L1/N3 most promotes" in "\n".join(said)  # 'it' was the last neuron named before the resume
+    again.loop(["what does it promote?", "/layers", "/watch The cat sat on the"])
+    text = "\n".join(said)
+    assert "L1/N3 most promotes" in text  # 'it' was the last neuron named before the resume
+    assert re.search(r"step 1 .* L1/N3=[-+]\d", text) and "summary: 20 tokens generated" in text  # the live monitor
     assert [e["layers"] for e in _trace(root) if e["kind"] == "compute"] == [[1], [0]]
     again.close()
 
