@@ -803,58 +803,12 @@ class PolysemanticDetector:
             new_modes.append(mode.model_copy(update={"effect": effects.get(match)}) if match is not None else mode)
         return r.model_copy(update={"modes": new_modes})
 
-    @torch.no_grad()
     def _ablation_effects(self, site: str, neuron: int, by_mode: dict[int, list[Context]]) -> dict[int, float | None]:
         """Per mode: mean next-token loss change (nats) at and after the activating token when the neuron is
-        zero-ablated; every mode's contexts go through one clean and one ablated forward pass together."""
-        from neuron_core.batching import Segment, make_batches, pad_token_id
-        from neuron_core.capture import run_forward
+        zero-ablated (``neuron_core.analysis.ablation``: every mode's contexts in one clean and one ablated pass)."""
+        from neuron_core.analysis.ablation import ablation_effects
 
-        members = [(c, ctx) for c, ctxs in by_mode.items() for ctx in ctxs]
-        out: dict[int, float | None] = {c: None for c in by_mode}
-        if not members:
-            return out
-        interface = self.interface
-        s = interface.resolver.resolve(site)
-        module = interface.resolver.module(s)
-        segs = [Segment(i, 0, tuple(ctx.ids)) for i, (_, ctx) in enumerate(members)]
-        batch = next(make_batches(segs, batch_size=len(segs), pad_id=pad_token_id(interface.tokenizer)))
-        batch = batch.to(interface.device)
-        kwargs = batch.model_kwargs(interface.module)
-        start = torch.tensor([ctx.index for _, ctx in members], device=batch.input_ids.device)[:, None]
-
-        def per_row_loss() -> torch.Tensor:
-            logits = run_forward(interface.module, kwargs).logits.float()  # [B, T, V]
-            logp = torch.log_softmax(logits[:, :-1], -1)
-            nll = -logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]  # [B, T-1]
-            pos = torch.arange(nll.shape[1], device=nll.device)[None, :]
-            valid = batch.attention_mask[:, 1:].bool() & (pos >= start)  # the neuron can only affect these
-            return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)  # [B]
-
-        base = per_row_loss()
-
-        def zero_pre(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            x = args[0].clone()
-            x[..., neuron] = 0
-            return (x, *args[1:])
-
-        def zero_post(_m: torch.nn.Module, _a: Any, output: torch.Tensor) -> torch.Tensor:
-            output = output.clone()
-            output[..., neuron] = 0
-            return output
-
-        handle = module.register_forward_pre_hook(zero_pre) if s.read == "input" else \
-            module.register_forward_hook(zero_post)
-        try:
-            ablated = per_row_loss()
-        finally:
-            handle.remove()
-        diff = (ablated - base).cpu().numpy()
-        modes = np.array([c for c, _ in members])
-        for c in by_mode:
-            if (modes == c).any():
-                out[c] = float(diff[modes == c].mean())
-        return out
+        return ablation_effects(self.interface, site, neuron, by_mode)
 
     # ------------------------------------------------------------------ readouts
     @property

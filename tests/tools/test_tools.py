@@ -158,3 +158,21 @@ def test_unavailable_model_is_an_unrecoverable_error(tmp_path, monkeypatch):
     out = call_tool(ctx, "load_model", {"model": "gpt2"})
     assert not out.ok and out.error.kind == "ModelNotAvailableError" and not out.error.recoverable
     assert "gpt2" in out.error.message and "offline" in out.error.message
+
+
+def test_ablate_neuron_on_a_word_or_a_mode_records_a_finding(tiny_ctx):
+    stats = call_tool(tiny_ctx, "neuron_stats", {"layer": 1, "top": 1})
+    ref = stats.result.top_by_max[0].ref
+    examples = call_tool(tiny_ctx, "neuron_examples", {"neuron": ref, "kind": "top", "n": 1}).result.examples
+    word = examples[0].token.replace("<data>", "").replace("</data>", "").strip() or "the"
+    out = call_tool(tiny_ctx, "ablate_neuron", {"neuron": ref, "contains": word, "n": 4})
+    assert out.ok, out.error
+    finding = tiny_ctx.findings.get(out.result.finding_id)
+    assert finding.kind == "ablation" and finding.value("effect", neuron=ref) == pytest.approx(out.result.effect,
+                                                                                              abs=1e-4)
+    assert out.result.effect == pytest.approx(sum(d for _, d in out.result.per_context) / out.result.n_contexts,
+                                              abs=1e-3)
+    both = call_tool(tiny_ctx, "ablate_neuron", {"neuron": ref, "mode": 1, "contains": word})
+    assert not both.ok and "exactly one of mode or contains" in both.error.message
+    nothing = call_tool(tiny_ctx, "ablate_neuron", {"neuron": ref, "contains": "zqxjzqxj"})
+    assert not nothing.ok and "nothing to ablate" in nothing.error.message
