@@ -179,7 +179,7 @@ class Answerer:
     async def _describe(self, entry: RunEntry, ref: str) -> tuple[Any, Finding] | None:
         """describe_neuron's result and the finding that holds its numbers; None when the neuron was not among
         the analysed ones (nothing is recomputed for it)."""
-        outcome = self.session.call(entry, "describe_neuron", {"neuron": ref, "n_examples": 3})
+        outcome = await self.session.call(entry, "describe_neuron", {"neuron": ref, "n_examples": 3})
         if not outcome.ok:
             return None
         result = outcome.result
@@ -192,9 +192,9 @@ class Answerer:
                       f"ask for its examples, or investigate with more neurons (--max-neurons).")
         return described
 
-    def _top_examples(self, entry: RunEntry, ref: str, lead: str) -> Reply:
+    async def _top_examples(self, entry: RunEntry, ref: str, lead: str) -> Reply:
         """A neuron's strongest contexts, with an ``examples`` finding for its peak."""
-        outcome = self.session.call(entry, "neuron_examples", {"neuron": ref, "kind": "top", "n": 8})
+        outcome = await self.session.call(entry, "neuron_examples", {"neuron": ref, "kind": "top", "n": 8})
         if not outcome.ok:
             raise Ask(outcome.error.line() if outcome.error else f"no examples of {ref}")
         examples = outcome.result.examples
@@ -215,7 +215,8 @@ class Answerer:
         described = await self._describe(entry, ref)
         self._set_focus(model, ref)
         if described is None:
-            return self._top_examples(entry, ref, f"{ref} was not among the neurons analysed for modes in its run.")
+            lead = f"{ref} was not among the neurons analysed for modes in its run."
+            return await self._top_examples(entry, ref, lead)
         result, finding = described
         self._list("modes", [str(i) for i in range(1, len(result.modes) + 1)])
         findings, lead = [finding], ""
@@ -259,14 +260,14 @@ class Answerer:
         if f.mode is None and (f.neuron is None or f.neuron.kind != "ordinal"):
             described = await self._describe(entry, ref)
             if described is None:
-                return self._top_examples(entry, ref, f"The strongest contexts of {ref}.")
+                return await self._top_examples(entry, ref, f"The strongest contexts of {ref}.")
         result, finding = await self._described(entry, ref)
         spec = f.mode
         if spec is None and f.neuron is not None and f.neuron.kind == "ordinal" and self.focus.listed_kind == "modes":
             spec = ModeSpec(kind="index", index=f.neuron.rank)
         index = self._mode_index(spec, result)
         if index is None:
-            return self._top_examples(entry, ref, f"No mode of {ref} matches that [{finding.id}].")
+            return await self._top_examples(entry, ref, f"No mode of {ref} matches that [{finding.id}].")
         self.focus.mode = index
         mode = result.modes[index - 1]
         text = (f"Mode {index} of {ref}, {_q(mode.label)}, holds {mode.share_text} of its activation mass "
@@ -288,7 +289,7 @@ class Answerer:
         else:
             raise Ask(f"Ablate {ref} on which contexts? Say 'on mode 1', 'on the second mode' or 'on the <word> "
                       "examples'.")
-        outcome = self.session.call(entry, "ablate_neuron", args)
+        outcome = await self.session.call(entry, "ablate_neuron", args)
         if not outcome.ok:
             raise Ask(outcome.error.line() if outcome.error else "the ablation failed")
         a = outcome.result
@@ -312,7 +313,7 @@ class Answerer:
         found = next((x for x in ctx.findings.all() if x.kind == "logit_effects" and x.subject == ref), None)
         if found is None:
             layer, index = ref_parts(ref)
-            outcome = self.session.call(entry, "logit_effects", {"layer": layer, "neurons": [index], "k": 8})
+            outcome = await self.session.call(entry, "logit_effects", {"layer": layer, "neurons": [index], "k": 8})
             if not outcome.ok:
                 raise Ask(outcome.error.line() if outcome.error else "logit effects failed")
             found = ctx.findings.get(outcome.result.effects[0].finding_id)
@@ -329,7 +330,7 @@ class Answerer:
         ctx = self.session.ctx_for(entry)
         page = dashboard_page(ctx, ref)
         if page is None:
-            outcome = self.session.call(entry, "make_dashboard", {"neurons": [ref]})
+            outcome = await self.session.call(entry, "make_dashboard", {"neurons": [ref]})
             if not outcome.ok:
                 raise Ask(outcome.error.line() if outcome.error else "the dashboard failed")
             page = dashboard_page(ctx, ref)

@@ -203,9 +203,13 @@ class Session:
     def _on_call(self, record: Any) -> None:
         self.trace.event("tool_call", **record.model_dump(mode="json"))
 
-    def call(self, entry: RunEntry, tool: str, args: dict[str, Any]) -> ToolOutcome:
-        """A tool call on one of the session's runs (the session's trace records it)."""
-        return call_tool(self.ctx_for(entry), tool, args, caller="chat")
+    async def call(self, entry: RunEntry, tool: str, args: dict[str, Any]) -> ToolOutcome:
+        """A tool call on one of the session's runs, on the model worker thread (so Ctrl-C reaches it at once); the
+        session's trace records it."""
+        from agents.runner import run_in_thread
+
+        ctx = self.ctx_for(entry)
+        return await run_in_thread(call_tool, ctx, tool, args, caller="chat")
 
 
 def entry_of(run_dir: str, why: str = "") -> RunEntry | None:
