@@ -215,3 +215,31 @@ class AgentPolicy:
         if "do not hold" in task or "does not hold" in task or "state what findings.json does not hold" in task:
             return Reply(content="The draft states a number that the findings do not support.\nNEXT: REVISE")
         return Reply(content="The draft is supported by the findings.\nNEXT: REPORT")
+
+
+class ChatPolicy(AgentPolicy):
+    """AgentPolicy, plus the chat's Analyst: it reads the session summary and the question, calls tools (on the layer
+    the question names, else the session's first), then answers with one true sentence and one false one (which the
+    chat's claim check must take out)."""
+
+    def analyst(self, task: str, results: list[dict[str, Any]], body: dict[str, Any]) -> Reply:
+        if "Question:" not in task:
+            return super().analyst(task, results, body)
+        summary, question = task.split("Question:", 1)
+        named = re.search(r"layer (\d+)", question)
+        layer = int(named.group(1)) if named else int(re.search(r"layers \[(\d+)", summary).group(1))
+        if "promote" in question:
+            neuron = re.search(r"neuron (L\d+/N\d+)", summary).group(1)
+            if not results:
+                index = int(neuron.split("/N")[1])
+                return Reply(tool_calls=[("logit_effects", json.dumps({"layer": int(neuron[1:].split("/")[0]),
+                                                                       "neurons": [index]}))])
+            e = results[-1]["effects"][0]
+            return Reply(content=f"{e['neuron']} most promotes these tokens [{e['finding_id']}].")
+        if not results:
+            return Reply(tool_calls=[("neuron_stats", json.dumps({"layer": layer, "top": 3}))])
+        if len(results) == 1:
+            return Reply(tool_calls=[("describe_neuron", json.dumps({"neuron": results[0]["top_by_max"][0]["ref"]}))])
+        d = results[-1]
+        return Reply(content=f"{d['neuron']} has score {d['score']:.2f} with {d['n_modes']} modes "
+                             f"[{d['finding_id']}]. It also has score 0.999 [{d['finding_id']}].")

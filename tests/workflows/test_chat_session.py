@@ -12,7 +12,7 @@ import pytest
 
 from agents import WorkbenchSettings
 from neuron_core import ModelInterface
-from tests.agents.fake_openai import AgentPolicy, FakeOpenAI, Reply, tool_results, user_task
+from tests.agents.fake_openai import ChatPolicy, FakeOpenAI, tool_results, user_task
 from tests.conftest import make_tiny_gpt2
 from workflows.chat import ChatSession
 
@@ -98,40 +98,6 @@ def test_follow_ups_reuse_the_session_and_resume_it(tmp_path, tiny_models):
     single.loop(["/layers", "why is the top neuron polysemantic?"])
     assert single.session.root != root and not said[-1].startswith("?")
     single.close()
-
-
-class ChatPolicy(AgentPolicy):
-    """AgentPolicy, plus the chat's Analyst: it reads the session summary and answers with tool calls, then one true
-    sentence and one false one (which the claim check must take out)."""
-
-    def analyst(self, task, results, body):
-        if "Question:" not in task:
-            return super().analyst(task, results, body)
-        question = task.split("Question:", 1)[1].lower()
-        summary = task.split("Question:", 1)[0]
-        if "layer 0" in question:
-            if not results:
-                return Reply(tool_calls=[("neuron_stats", json.dumps({"layer": 0, "top": 3}))])
-            if len(results) == 1:
-                ref = results[0]["top_by_max"][0]["ref"]
-                return Reply(tool_calls=[("describe_neuron", json.dumps({"neuron": ref}))])
-            return self._answer(results[-1])
-        if "promote" in question:
-            neuron = re.search(r"neuron (L\d+/N\d+)", summary).group(1)
-            if not results:
-                return Reply(tool_calls=[("logit_effects", json.dumps({"layer": int(neuron[1]), "neurons": [
-                    int(neuron.split("/N")[1])]}))])
-            e = results[-1]["effects"][0]
-            return Reply(content=f"{e['neuron']} most promotes these tokens [{e['finding_id']}].")
-        if not results:
-            return Reply(tool_calls=[("neuron_stats", json.dumps({"layer": 1, "top": 3}))])
-        if len(results) == 1:
-            return Reply(tool_calls=[("describe_neuron", json.dumps({"neuron": results[0]["top_by_max"][0]["ref"]}))])
-        return self._answer(results[-1])
-
-    def _answer(self, d):
-        return Reply(content=f"{d['neuron']} has score {d['score']:.2f} with {d['n_modes']} modes "
-                             f"[{d['finding_id']}]. It also has score 0.999 [{d['finding_id']}].")
 
 
 def test_a_tool_calling_analyst_answers_follow_ups_and_computes_a_missing_layer(tmp_path, tiny_models):

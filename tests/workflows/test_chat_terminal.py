@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "> "
 
 
-def _spawn(args: list[str]) -> pexpect.spawn:
+def _spawn(args: list[str], llm: str = "scripted") -> pexpect.spawn:
     env = {**os.environ, "TERM": "dumb", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "PROMPT_TOOLKIT_NO_CPR": "1"}
-    child = pexpect.spawn(sys.executable, ["-m", "workflows.chat", "--llm", "scripted", *args], cwd=str(ROOT),
+    child = pexpect.spawn(sys.executable, ["-m", "workflows.chat", "--llm", llm, *args], cwd=str(ROOT),
                           env=env, encoding="utf-8", timeout=300, dimensions=(60, 500),
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect(PROMPT)
@@ -158,3 +158,43 @@ def test_a_twelve_turn_conversation_with_ctrl_c_and_resume(tmp_path):
     start = max(i for i, e in enumerate(resumed) if e["kind"] == "session_resumed")
     assert not [e for e in resumed[start:] if e["kind"] in ("compute", "computed")]
     assert any(e["kind"] == "reused" for e in resumed[start:])
+
+
+@pytest.mark.timeout(600)
+def test_the_same_conversation_through_an_openai_compatible_server_with_tool_calls(tmp_path):
+    """The real program against the fake OpenAI-compatible server (in this process): the team investigates layer 3,
+    the Analyst answers follow-ups with tool calls, one of them on layer 4, which the session did not have."""
+    from tests.agents.fake_openai import ChatPolicy, FakeOpenAI, user_task
+
+    key = "sk-test-NEVER-IN-FILES-0123456789"
+    with FakeOpenAI(ChatPolicy(malformed_first=False, extra_examples=False)) as server:
+        os.environ.update(NW_LLM_BASE_URL=server.url, NW_LLM_MODEL="fake-model", NW_LLM_API_KEY=key,
+                          NW_LLM_RETRY_BASE_DELAY="0.01")
+        try:
+            child = _spawn(["--out", str(tmp_path), "--max-tokens", "4000", "--max-neurons", "24", "--embedder",
+                            "hidden"], llm="openai-compatible")
+        finally:
+            for name in ("NW_LLM_BASE_URL", "NW_LLM_MODEL", "NW_LLM_API_KEY", "NW_LLM_RETRY_BASE_DELAY"):
+                os.environ.pop(name)
+        session = Path(re.search(r"session folder (\S+)", child.before).group(1))
+        out = _say(child, "investigate layer 3 of smollm2-135m")
+        assert "Done: layer 3." in out and "openai-compatible" in out
+        answers = [_say(child, line) for line in ("why is the top neuron polysemantic?", "what does it promote?",
+                                                  "what about the strongest neuron of layer 4?",
+                                                  "compare with layer 3")]
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    chats = [r for r in server.requests if "Question:" in user_task(r)]
+    assert len({user_task(r) for r in chats}) == 3 and all("Session summary:" in user_task(r) for r in chats)
+    run3, run4 = _run_of(session, 3), _run_of(session, 4)
+    for answer, run in ((answers[0], run3), (answers[2], run4)):
+        described = [f for f in _findings(run) if f["kind"] in ("polysemantic", "neuron_verdict")]
+        ref = re.search(r"(L\d+/N\d+) has score", answer).group(1)
+        f = next(f for f in described if f["neurons"] == [ref])
+        assert f"{ref} has score {_q('score', f):.2f} with {int(_q('n_modes', f))} modes [{f['id']}]." in answer
+        assert "removed by the claim check: It also has score 0.999" in answer
+    assert re.search(r"L3/N\d+ most promotes these tokens \[F\d+\]", answers[1])
+    computes = [e for e in _trace(session) if e["kind"] == "compute"]
+    assert [e["layers"] for e in computes] == [[3], [4]] and computes[1]["why"] == "the Analyst's neuron_stats call"
+    assert "Layer 4:" in answers[3] and "Layer 3:" in answers[3]  # compared without computing anything again
+    assert key not in (session / "trace.jsonl").read_text()
