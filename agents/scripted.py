@@ -11,6 +11,9 @@ Usage::
     #  layer 6, 7 are polysemantic and 3 borderline [F005]. The strongest case is L6/N1233 (score 0.81, p = 0.005),
     #  whose 2 modes are “months” (55%) and “JSON keys” (40%) [F006]. ...'
 
+The chat's answers come from here too (``explain_text``, ``promotes_text``, ``detection_sentence``): why a neuron is or
+is not polysemantic, what it promotes, a layer's detection in a sentence.
+
 Reproducible: the same findings give the same text. What CI uses (``--llm scripted``), and what a prose-only model's
 report is built on (the model may only add sentences that pass the check).
 """
@@ -23,7 +26,8 @@ from agents.roles import Role
 from agents.runner import AgentTurn, TurnFacts
 from tools.findings import Finding
 
-__all__ = ["ScriptedRunner", "scripted_narrative", "scripted_verdict", "layer_phrase", "mode_list", "plural"]
+__all__ = ["ScriptedRunner", "scripted_narrative", "scripted_verdict", "layer_phrase", "mode_list", "plural",
+           "explain_text", "promotes_text", "detection_sentence"]
 
 
 def _num(value: float, digits: int = 3) -> str:
@@ -181,6 +185,63 @@ def scripted_verdict(facts: TurnFacts) -> tuple[str, str]:
                 "the draft is supported.", "REPORT")
     bad = "; ".join(f'"{i.sentence}" ({", ".join(i.problems)})' for i in check.issues)
     return f"Some sentences state what findings.json does not hold: {bad}. They must be corrected.", "REVISE"
+
+
+# ---------------------------------------------------------------------------------------- chat answers
+def _q(text: str) -> str:
+    return f"“{text}”"
+
+
+def _verdict_finding(findings: Sequence[Finding], ref: str) -> Finding | None:
+    return next((f for f in findings if f.kind in ("polysemantic", "neuron_verdict") and f.subject == ref), None)
+
+
+def explain_text(finding: Finding, ref: str) -> str:
+    """Why a neuron is (or is not) polysemantic, every number from its verdict finding."""
+    fid = finding.id
+    n_modes = int(finding.value("n_modes", neuron=ref))
+    verdict = {"detected": "is polysemantic", "borderline": "is borderline (the test cannot settle it at this "
+               "sample size)"}.get(finding.verdict or "", "is not polysemantic by the test")
+    first = (f"{ref} {verdict} [{fid}]: score {finding.value('score', neuron=ref):.2f}, "
+             f"p = {finding.value('p_value', neuron=ref):.3g}, {n_modes} mode{'s' if n_modes != 1 else ''}.")
+    if n_modes < 2:
+        return first + f" Its strongest contexts form one group for {ref} [{fid}], so there is nothing to separate."
+    why = (f"The test clusters the strongest contexts of {ref} by meaning and compares how far apart the groups are "
+           f"(separation {finding.value('separation', neuron=ref):.2f}) with random sets of the layer's contexts: "
+           f"a random set scores as high with p = {finding.value('p_value', neuron=ref):.3g} "
+           f"(z = {finding.value('z_score', neuron=ref):.2f}) [{fid}].")
+    modes = []
+    for i in finding.mode_indices(ref):
+        label, share = finding.text("mode", neuron=ref, mode=i), finding.text("share_text", neuron=ref, mode=i)
+        sentence = f"Mode {i} of {ref}, {_q(label)}, holds {share} of its activation mass"
+        if finding.has("effect", neuron=ref, mode=i):
+            effect = finding.value("effect", neuron=ref, mode=i)
+            sentence += f"; zeroing the neuron there changes the loss by {effect:+.3g} nats per token"
+        modes.append(sentence + f" [{fid}].")
+    return "\n\n".join([first + " " + why, " ".join(modes)])
+
+
+def promotes_text(found: Finding, ref: str) -> str:
+    def side(name: str) -> str:
+        tokens = found.texts(name, neuron=ref)
+        values = [q.value for q in found.quantities_for(name, neuron=ref)]
+        return ", ".join(f"{_q(t)} ({v:+.3g})" for t, v in zip(tokens, values))
+
+    return (f"Through the unembedding, {ref} most promotes {side('promoted')} and most suppresses "
+            f"{side('suppressed')} (logit changes) [{found.id}].")
+
+
+def detection_sentence(summary: Finding, layer: int, found: list[str], findings: list[Finding]) -> str:
+    n_an = int(summary.value("n_analysed", layer=layer))
+    n_poly = int(summary.value("n_polysemantic", layer=layer))
+    sentence = f"Of {n_an} neurons analysed in layer {layer}, {n_poly} are polysemantic [{summary.id}]"
+    if not found:
+        return sentence + "."
+    top = _verdict_finding(findings, found[0])
+    if top is None:
+        return sentence + "."
+    return (sentence + f"; the top one is {found[0]} (score {top.value('score', neuron=found[0]):.2f}, "
+            f"{int(top.value('n_modes', neuron=found[0]))} modes) [{top.id}].")
 
 
 class ScriptedRunner:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.followups import FollowUp, ModeSpec, NeuronSpec
+from agents.scripted import detection_sentence, explain_text, promotes_text
 from tools import DATA_CLOSE, DATA_OPEN, Finding, check_claims, remove_sentences
 from tools.findings import Quantity, ref_parts
 from workflows.session import RunEntry, Session
@@ -56,10 +57,6 @@ def _plain(text: str) -> str:
 
 def _layer_of(ref: str) -> int:
     return ref_parts(ref)[0]
-
-
-def _verdict_finding(findings: list[Finding], ref: str) -> Finding | None:
-    return next((f for f in findings if f.kind in ("polysemantic", "neuron_verdict") and f.subject == ref), None)
 
 
 class Answerer:
@@ -378,7 +375,7 @@ class Answerer:
                 continue
             found = [r for r in summary.neurons if _layer_of(r) == layer]
             detected += found
-            sentences.append(_detection_sentence(summary, layer, found, findings))
+            sentences.append(detection_sentence(summary, layer, found, findings))
         lead = "This session already holds " if already else "Done: "
         self._set_focus(model, detected[0] if detected else None, layers[0])
         if not detected:
@@ -411,54 +408,5 @@ class Answerer:
                           "runs and figures.", data=[str(p) for p in paths])
 
 
-# ---------------------------------------------------------------------------------------- prose
-def explain_text(finding: Finding, ref: str) -> str:
-    """Why a neuron is (or is not) polysemantic, every number from its verdict finding."""
-    fid = finding.id
-    n_modes = int(finding.value("n_modes", neuron=ref))
-    verdict = {"detected": "is polysemantic", "borderline": "is borderline (the test cannot settle it at this "
-               "sample size)"}.get(finding.verdict or "", "is not polysemantic by the test")
-    first = (f"{ref} {verdict} [{fid}]: score {finding.value('score', neuron=ref):.2f}, "
-             f"p = {finding.value('p_value', neuron=ref):.3g}, {n_modes} mode{'s' if n_modes != 1 else ''}.")
-    if n_modes < 2:
-        return first + f" Its strongest contexts form one group for {ref} [{fid}], so there is nothing to separate."
-    why = (f"The test clusters the strongest contexts of {ref} by meaning and compares how far apart the groups are "
-           f"(separation {finding.value('separation', neuron=ref):.2f}) with random sets of the layer's contexts: "
-           f"a random set scores as high with p = {finding.value('p_value', neuron=ref):.3g} "
-           f"(z = {finding.value('z_score', neuron=ref):.2f}) [{fid}].")
-    modes = []
-    for i in finding.mode_indices(ref):
-        label, share = finding.text("mode", neuron=ref, mode=i), finding.text("share_text", neuron=ref, mode=i)
-        sentence = f"Mode {i} of {ref}, {_q(label)}, holds {share} of its activation mass"
-        if finding.has("effect", neuron=ref, mode=i):
-            effect = finding.value("effect", neuron=ref, mode=i)
-            sentence += f"; zeroing the neuron there changes the loss by {effect:+.3g} nats per token"
-        modes.append(sentence + f" [{fid}].")
-    return "\n\n".join([first + " " + why, " ".join(modes)])
-
-
 def mode_examples(result: Any, per_mode: int = 2) -> list[str]:
     return [f"mode {i}: {e}" for i, m in enumerate(result.modes, 1) for e in m.examples[:per_mode]]
-
-
-def promotes_text(found: Finding, ref: str) -> str:
-    def side(name: str) -> str:
-        tokens = found.texts(name, neuron=ref)
-        values = [q.value for q in found.quantities_for(name, neuron=ref)]
-        return ", ".join(f"{_q(t)} ({v:+.3g})" for t, v in zip(tokens, values))
-
-    return (f"Through the unembedding, {ref} most promotes {side('promoted')} and most suppresses "
-            f"{side('suppressed')} (logit changes) [{found.id}].")
-
-
-def _detection_sentence(summary: Finding, layer: int, found: list[str], findings: list[Finding]) -> str:
-    n_an = int(summary.value("n_analysed", layer=layer))
-    n_poly = int(summary.value("n_polysemantic", layer=layer))
-    sentence = f"Of {n_an} neurons analysed in layer {layer}, {n_poly} are polysemantic [{summary.id}]"
-    if not found:
-        return sentence + "."
-    top = _verdict_finding(findings, found[0])
-    if top is None:
-        return sentence + "."
-    return (sentence + f"; the top one is {found[0]} (score {top.value('score', neuron=found[0]):.2f}, "
-            f"{int(top.value('n_modes', neuron=found[0]))} modes) [{top.id}].")
