@@ -44,6 +44,7 @@ Commands:
   /quit                         leave (Ctrl-D too); --resume SESSION_DIR comes back"""
 
 HELP = GRAMMAR + "\n\n" + COMMANDS
+USAGE = {line.split()[0]: line.strip().split("  ")[0] for line in COMMANDS.splitlines()[1:]}
 QUESTIONS = ("explain", "examples", "promotes", "ablate", "unclear")
 """Follow-ups a tool-calling Analyst answers; the rest (investigate, compare, dashboard, report) are actions the chat
 carries out the same way whatever the backend."""
@@ -190,6 +191,8 @@ class ChatSession:
             self.view.note("the conversation's focus is reset; the session's runs stay")
         elif name == "/watch" and rest:
             await self._watch(rest)
+        elif name in USAGE:
+            self.view.note(f"usage: {USAGE[name]}")
         else:
             self.view.note(f"unknown command {text!r}; /help lists them")
 
