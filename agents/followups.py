@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from agents.plan import NEURON_OF_LAYER, NEURON_REF
+
 __all__ = ["FollowUp", "NeuronSpec", "ModeSpec", "Intent", "parse_followup", "GRAMMAR", "EXAMPLES"]
 
 Intent = Literal["investigate", "explain", "examples", "compare", "ablate", "promotes", "dashboard", "report",
@@ -89,8 +91,6 @@ _VERBS: tuple[tuple[Intent, re.Pattern[str]], ...] = (
     ("explain", re.compile(r"\bwhy\b|\bexplain\w*|\bdescribe\w*|\btell me (?:more )?about\b|\bwhat (?:is|about)\b"
                            r"|\bpolysemantic\b|\bmonosemantic\b|\bmodes?\b|\bverdict\b", re.I)),
 )
-_REF = re.compile(r"\bL?(\d+)\s*/\s*N?(\d+)\b", re.I)
-_NEURON_OF_LAYER = re.compile(r"\bneuron\s+#?(\d+)\s+(?:of|in|at)\s+(?:layer\s+|L)(\d+)\b", re.I)
 _NEURON_INDEX = re.compile(r"\bneuron\s+#?(\d+)\b|(?<![/\w])N(\d+)\b", re.I)
 _TOP = re.compile(r"\b(?:the\s+)?(?:top|strongest|best|most polysemantic)\b(?:\s+polysemantic)?\s+(?:neuron|one)\b"
                   r"(?:\s+(?:of|in)\s+(?:layer\s+|L)(?P<layer>\d+))?", re.I)
@@ -131,9 +131,9 @@ def _layers(text: str) -> list[int]:
 
 
 def _neuron(text: str) -> NeuronSpec | None:
-    if m := _REF.search(text):
+    if m := NEURON_REF.search(text):
         return NeuronSpec(kind="ref", layer=int(m.group(1)), index=int(m.group(2)))
-    if m := _NEURON_OF_LAYER.search(text):
+    if m := NEURON_OF_LAYER.search(text):
         return NeuronSpec(kind="ref", layer=int(m.group(2)), index=int(m.group(1)))
     if m := _ACTIVE.search(text):
         return NeuronSpec(kind="active", layer=int(m.group("layer")) if m.group("layer") else None)
@@ -176,9 +176,9 @@ def parse_followup(text: str) -> FollowUp:
     if not clean:
         return _unclear(clean, "I got an empty line.")
     intent = next((name for name, pattern in _VERBS if pattern.search(clean)), None)
-    neuron, mode, layers = _neuron(clean), _mode(clean), _layers(_REF.sub(" ", clean))
+    neuron, mode, layers = _neuron(clean), _mode(clean), _layers(NEURON_REF.sub(" ", clean))
     model_match = _MODEL.search(clean)
-    model = model_match.group(1) if model_match and not _REF.fullmatch(model_match.group(1)) else None
+    model = model_match.group(1) if model_match and not NEURON_REF.fullmatch(model_match.group(1)) else None
     if intent is None:
         if neuron is not None and neuron.kind in ("ref", "top", "active", "ordinal"):
             intent = "explain"  # "L3/N344?" or "the top neuron?"

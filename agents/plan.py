@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 __all__ = ["Plan", "PlanError", "parse_request", "validate_plan", "refine_plan", "ANALYSES", "MAX_LAYERS",
-           "REFINABLE"]
+           "REFINABLE", "NEURON_REF", "NEURON_OF_LAYER"]
 
 Analysis = Literal["neuron_stats", "polysemantic", "logit_effects", "figures", "dashboard"]
 ANALYSES: tuple[Analysis, ...] = ("neuron_stats", "polysemantic", "logit_effects", "figures", "dashboard")
@@ -67,8 +67,10 @@ _LIST = re.compile(r"\blayers\s+((?:-?\d+\s*(?:,|and|&|\s)\s*)+-?\d+)\b", re.I)
 _ONE = re.compile(r"\blayer\s+(-?\d+)\b", re.I)
 _LTOKEN = re.compile(r"(?<![\w/])L(\d+)\b(?!\s*/)")
 _LAST = re.compile(r"\b(?:the\s+)?last\s+layer\b", re.I)
-_REF = re.compile(r"\b(?:L)?(\d+)\s*/\s*(?:N)?(\d+)\b", re.I)
-_NEURON_OF_LAYER = re.compile(r"\bneuron\s+#?(\d+)\s+(?:of|in|at)\s+layer\s+(\d+)\b", re.I)
+NEURON_REF = re.compile(r"\b(?:L)?(\d+)\s*/\s*(?:N)?(\d+)\b", re.I)
+"""A neuron as people write it in a sentence: ``L6/N12``, ``6/12`` (groups: layer, index)."""
+NEURON_OF_LAYER = re.compile(r"\bneuron\s+#?(\d+)\s+(?:of|in|at)\s+(?:layer\s+|L)(\d+)\b", re.I)
+"""``neuron 12 of layer 6`` (groups: index, layer)."""
 _LAYER_NEURON = re.compile(r"\blayer\s+(\d+)\s*,?\s+neuron\s+#?(\d+)\b", re.I)
 _TOKENS = re.compile(r"\b(\d[\d,_]*(?:\.\d+)?)\s*([kKmM])?\s+tokens\b")
 _TOP_NEURONS = re.compile(r"\b(?:top|first|the)\s+(\d+)\s+(?:most\s+active\s+)?neurons\b", re.I)
@@ -123,10 +125,10 @@ def parse_request(text: str, *, default_model: str | None = None, max_tokens: in
         if corpus.lower() == "built-in":
             corpus = "builtin"
     neurons: list[tuple[int, int]] = []
-    for pattern, order in ((_NEURON_OF_LAYER, (2, 1)), (_LAYER_NEURON, (1, 2))):
+    for pattern, order in ((NEURON_OF_LAYER, (2, 1)), (_LAYER_NEURON, (1, 2))):
         for nm in pattern.finditer(request):
             neurons.append((int(nm.group(order[0])), int(nm.group(order[1]))))
-    for nm in _REF.finditer(request):
+    for nm in NEURON_REF.finditer(request):
         if corpus and nm.group(0) in corpus:
             continue
         neurons.append((int(nm.group(1)), int(nm.group(2))))
