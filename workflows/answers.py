@@ -22,11 +22,11 @@ from agents.followups import FollowUp, ModeSpec, NeuronSpec
 from agents.scripted import detection_sentence, explain_text, promotes_text
 from tools import DATA_CLOSE, DATA_OPEN, Finding, check_claims, remove_sentences
 from tools.findings import Quantity, ref_parts
+from workflows.investigation import DEFAULT_MODEL
 from workflows.session import RunEntry, Session
 
-__all__ = ["Answerer", "Reply", "Compute", "DEFAULT_MODEL"]
+__all__ = ["Answerer", "Reply", "Compute"]
 
-DEFAULT_MODEL = "smollm2-135m"
 Compute = Callable[[str, list[int], str, str | None, str | None], Awaitable[RunEntry]]
 
 
@@ -125,6 +125,8 @@ class Answerer:
         """The run and the neuron id the sentence means."""
         spec = f.neuron or NeuronSpec(kind="focus")
         model = self._model(f)
+        if spec.kind == "ordinal" and self.focus.listed_kind == "modes":
+            spec = NeuronSpec(kind="focus")  # "the second one" after a list of modes: a mode of the same neuron
         if spec.kind == "ordinal":
             if self.focus.listed_kind != "neurons" or not self.focus.listed:
                 raise Ask("The second what? No list of neurons was shown yet; name the neuron (L3/N344).")
@@ -169,9 +171,6 @@ class Answerer:
         elif layer is not None:
             focus.layer = layer
 
-    def _list(self, kind: str, items: list[str]) -> None:
-        self.focus.listed, self.focus.listed_kind = items, kind  # type: ignore[assignment]
-
     # ------------------------------------------------------------------------------------ neurons
     async def _describe(self, entry: RunEntry, ref: str) -> tuple[Any, Finding] | None:
         """describe_neuron's result and the finding that holds its numbers; None when the neuron was not among
@@ -181,13 +180,6 @@ class Answerer:
             return None
         result = outcome.result
         return result, self.session.ctx_for(entry).findings.get(result.finding_id)
-
-    async def _described(self, entry: RunEntry, ref: str) -> tuple[Any, Finding]:
-        described = await self._describe(entry, ref)
-        if described is None:
-            raise Ask(f"{ref} was not among the neurons analysed for modes (the most active ones are); "
-                      f"ask for its examples, or investigate with more neurons (--max-neurons).")
-        return described
 
     async def _top_examples(self, entry: RunEntry, ref: str, lead: str) -> Reply:
         """A neuron's strongest contexts, with an ``examples`` finding for its peak."""
@@ -205,17 +197,17 @@ class Answerer:
                      findings=store.all(), runs=[entry.run_dir])
 
     async def _explain(self, f: FollowUp) -> Reply:
-        model = self._model(f)
-        entry, ref = await self._neuron(f)
         if f.neuron is not None and f.neuron.kind == "ordinal" and self.focus.listed_kind == "modes":
             return await self._examples(f)
+        model = self._model(f)
+        entry, ref = await self._neuron(f)
         described = await self._describe(entry, ref)
         self._set_focus(model, ref)
         if described is None:
             lead = f"{ref} was not among the neurons analysed for modes in its run."
             return await self._top_examples(entry, ref, lead)
         result, finding = described
-        self._list("modes", [str(i) for i in range(1, len(result.modes) + 1)])
+        self.focus.shown("modes", [str(i) for i in range(1, len(result.modes) + 1)])
         findings, lead = [finding], ""
         if f.neuron is not None and f.neuron.kind == "top" and finding.verdict != "detected":
             layer = _layer_of(ref)
@@ -254,14 +246,16 @@ class Answerer:
         model = self._model(f)
         entry, ref = await self._neuron(f)
         self._set_focus(model, ref)
-        if f.mode is None and (f.neuron is None or f.neuron.kind != "ordinal"):
-            described = await self._describe(entry, ref)
-            if described is None:
-                return await self._top_examples(entry, ref, f"The strongest contexts of {ref}.")
-        result, finding = await self._described(entry, ref)
         spec = f.mode
         if spec is None and f.neuron is not None and f.neuron.kind == "ordinal" and self.focus.listed_kind == "modes":
-            spec = ModeSpec(kind="index", index=f.neuron.rank)
+            spec = ModeSpec(kind="index", index=f.neuron.rank)  # "the second one" after a list of modes
+        described = await self._describe(entry, ref)
+        if described is None and spec is None:
+            return await self._top_examples(entry, ref, f"The strongest contexts of {ref}.")
+        if described is None:
+            raise Ask(f"{ref} was not among the neurons analysed for modes (the most active ones are); ask for its "
+                      "examples, or investigate with more neurons (--max-neurons).")
+        result, finding = described
         index = self._mode_index(spec, result)
         if index is None:
             return await self._top_examples(entry, ref, f"No mode of {ref} matches that [{finding.id}].")
@@ -346,21 +340,13 @@ class Answerer:
             plan = parse_request(f.text, default_model=self.focus.model or self.default_model)
         except PlanError as exc:
             raise Ask(str(exc)) from None
-        have = [x for x in plan.layers if self.session.run_for(plan.model, x) is not None]
-        missing = [x for x in plan.layers if x not in have]
-        if missing:
-            stopped = self.session.stopped_run(plan.model, missing)
+        missing = [x for x in plan.layers if self.session.run_for(plan.model, x) is None]
 
-            async def run(m: str, ls: list[int], w: str, r: str | None) -> RunEntry:
-                return await self.compute(m, ls, w, r, f.text if ls == plan.layers else None)
+        async def run(m: str, ls: list[int], w: str, r: str | None) -> RunEntry:
+            return await self.compute(m, ls, w, r, f.text if ls == plan.layers else None)
 
-            await self.session.ensure(plan.model, plan.layers, f.text, run)
-            if stopped is None and self.session.run_for(plan.model, missing[0]) is None:
-                raise Ask("The investigation did not finish (see above); ask again to resume it.")
-        else:
-            self.session.trace.event("reused", model=plan.model, layers=have, why=f.text)
-        entries = [e for x in plan.layers if (e := self.session.run_for(plan.model, x)) is not None]
-        if not entries:
+        entries = await self.session.ensure(plan.model, plan.layers, f.text, run)
+        if len(entries) < len(plan.layers):
             raise Ask("The investigation did not finish (see above); ask again to resume it.")
         return self._layer_overview(plan.model, plan.layers, entries, already=not missing)
 
@@ -380,7 +366,7 @@ class Answerer:
         self._set_focus(model, detected[0] if detected else None, layers[0])
         if not detected:
             self.focus.neuron = None
-        self._list("neurons", detected)
+        self.focus.shown("neurons", detected)
         text = lead + f"layer{'s' if len(layers) > 1 else ''} {', '.join(map(str, layers))}. " + " ".join(sentences)
         return Reply(text=text, findings=findings, runs=list(dict.fromkeys(e.run_dir for e in entries)))
 
@@ -395,7 +381,7 @@ class Answerer:
                       "3 and 4'.")
         entries = await self._entries(model, layers, f"compare layers {', '.join(map(str, layers))}")
         result = compare_layers(self.session, model, layers, entries)
-        self._list("neurons", result.top_refs)
+        self.focus.shown("neurons", result.top_refs)
         self.focus.model = model
         return Reply(text=result.text, table=result.table, figures=result.figures, findings=[result.finding],
                      data=[f"figure: {p}" for p in result.figures], runs=[e.run_dir for e in entries])

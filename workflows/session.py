@@ -54,6 +54,10 @@ class Focus(BaseModel):
     listed: list[str] = Field(default_factory=list, description="the last list shown (neuron ids or mode numbers)")
     listed_kind: Literal["neurons", "modes"] | None = None
 
+    def shown(self, kind: Literal["neurons", "modes"], items: list[str]) -> None:
+        """Remember the list just shown: 'the second one' refers to it."""
+        self.listed, self.listed_kind = items, kind
+
 
 class AnswerRecord(BaseModel):
     """One answered turn, as the session report shows it."""

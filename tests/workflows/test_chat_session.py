@@ -47,7 +47,8 @@ def test_the_scripted_chat_investigates_answers_and_refuses_to_guess(tmp_path, t
     said: list[str] = []
     chat = _chat(tmp_path, tiny_models, said, llm="scripted")
     chat.loop(["/findings", "why is the top neuron polysemantic?", "sing me a song", "investigate layer 1 of tiny-gpt2",
-               "/findings layer_summary", "/examples L1/N3", "/neuron L1/N250", "/compare", "/bogus", "/quit", "never read"])
+               "/findings layer_summary", "/examples L1/N3", "/neuron L1/N250", "/compare", "/bogus", "/quit",
+               "never read"])
     text = "\n".join(said)
     assert "no investigation yet" in said[0]
     assert said[1].startswith("? Which model?")  # a follow-up before anything is known: a question, no run

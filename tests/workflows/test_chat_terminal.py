@@ -98,6 +98,10 @@ def test_a_twelve_turn_conversation_with_ctrl_c_and_resume(tmp_path):
     share2 = next(x["text"] for x in top["labels"] if x["name"] == "share_text" and x.get("mode") == 2)
     assert f"Mode 2 of {ref}" in out and f"holds {share2} of its activation mass" in out and "mode 2: <data>" in out
 
+    share1 = next(x["text"] for x in top["labels"] if x["name"] == "share_text" and x.get("mode") == 1)
+    out = _say(child, "and the first one?")  # 3b: "one" after a list of modes is a mode of the same neuron
+    assert f"Mode 1 of {ref}" in out and f"holds {share1} of its activation mass" in out
+
     out = _say(child, "what does it promote?")  # 4
     assert f"{ref} most promotes" in out
 
