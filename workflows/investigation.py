@@ -30,8 +30,16 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agents import AgentRunner, AutoGenRunner, GuardedClient, LLMUnavailable, ScriptedRunner, WorkbenchSettings
-from agents import choose_backend, make_client
+from agents import (
+    AgentRunner,
+    AutoGenRunner,
+    GuardedClient,
+    LLMUnavailable,
+    ScriptedRunner,
+    WorkbenchSettings,
+    choose_backend,
+    make_client,
+)
 from agents.worker import default_torch_threads, interrupt_worker, set_worker_threads
 from neuron_core.store import RunFolder
 from tools import ToolCallRecord, ToolContext
