@@ -120,7 +120,7 @@ async def _prose_narrative(run: RunContext, facts: TurnFacts, error: str) -> tup
 
 def _prefill(run: RunContext, plan: Plan) -> str:
     """Start of a small model's addition, anchored on the strongest neuron (the local backend continues it)."""
-    poly = run.polysemantic()
+    poly = run.polysemantic_findings()
     if poly and poly[0].subject:
         return f"Taken together, {poly[0].subject}"
     return f"Taken together, the neurons of {layer_phrase(plan.layers)}"

@@ -132,7 +132,7 @@ class RunContext:
         assert self.state.plan is not None and self.ctx.interface is not None
         return [self.ctx.interface.resolve(layer).name for layer in self.state.plan.layers]
 
-    def polysemantic(self) -> list[Finding]:
+    def polysemantic_findings(self) -> list[Finding]:
         """The polysemantic-neuron findings, strongest first."""
         return sorted(self.ctx.findings.by_kind("polysemantic"), key=lambda f: -f.value("score", default=0.0))
 

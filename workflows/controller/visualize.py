@@ -78,7 +78,7 @@ def figure_list(run: RunContext, plan: Plan) -> list[FigureKey]:
     neuron is polysemantic), sparsity, mode shares, the focus neurons' tokens and histograms, logit effects, the
     dashboard."""
     out: list[FigureKey] = []
-    poly = run.polysemantic()
+    poly = run.polysemantic_findings()
     if "figures" in plan.analyses:
         for layer in plan.layers:
             out.append(("heatmap", layer, None))
