@@ -15,9 +15,11 @@ once. ``before_call`` may raise to stop the run (a budget); the guard never swal
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from autogen_core import CancellationToken
@@ -25,7 +27,9 @@ from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, 
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
+from agents.local import LocalChatCompletionClient
 from agents.settings import WorkbenchSettings
+from neuron_core.models import ALIASES
 
 __all__ = ["Choice", "choose_backend", "make_client", "GuardedClient", "LLMUnavailable", "local_available"]
 
@@ -47,15 +51,9 @@ class Choice:
 
 def local_available(model: str = "smollm2-135m") -> bool:
     """Is the bundled local model installed (without loading it)?"""
-    import importlib.util
-
-    from neuron_core.models import ALIASES
-
     target = ALIASES.get(model.lower(), model)
     if target.startswith("bundled:"):
         return importlib.util.find_spec(target.split(":", 1)[1]) is not None
-    from pathlib import Path
-
     return Path(target).expanduser().exists()
 
 
@@ -97,11 +95,9 @@ def make_client(choice: Choice, settings: WorkbenchSettings) -> ChatCompletionCl
     if choice.backend == "scripted":
         return None
     if choice.backend == "local":
-        from agents.local import LocalChatCompletionClient
-
         return LocalChatCompletionClient(settings.local_model, max_new_tokens=settings.local_max_new_tokens,
                                          max_prompt_tokens=settings.local_max_prompt_tokens)
-    from autogen_ext.models.openai import OpenAIChatCompletionClient
+    from autogen_ext.models.openai import OpenAIChatCompletionClient  # only here: it imports openai and tiktoken
 
     if choice.backend == "openai":
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""

@@ -19,6 +19,7 @@ import threading
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Literal
 
+import torch
 from autogen_core import CancellationToken
 from autogen_core.models import (
     AssistantMessage,
@@ -33,6 +34,9 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
+
+from agents.worker import run_in_thread
+from neuron_core import load_model
 
 __all__ = ["LocalChatCompletionClient", "PREFILL_LINE"]
 
@@ -79,8 +83,6 @@ class LocalChatCompletionClient(ChatCompletionClient):
 
     def _model(self) -> Any:
         if self._loaded is None:
-            from neuron_core import load_model
-
             self._loaded = load_model(self.model_name, device=self.device)
         return self._loaded
 
@@ -112,8 +114,6 @@ class LocalChatCompletionClient(ChatCompletionClient):
         return ids[:, -self.max_prompt_tokens:], prefill  # [1, T]: the end of the conversation matters most
 
     def _generate(self, messages: Sequence[LLMMessage]) -> tuple[str, int, int]:
-        import torch
-
         lm = self._model()
         with self._lock:
             old_threads = torch.get_num_threads()
@@ -125,8 +125,6 @@ class LocalChatCompletionClient(ChatCompletionClient):
                 torch.set_num_threads(old_threads)
 
     def _generate_locked(self, lm: Any, messages: Sequence[LLMMessage]) -> tuple[str, int, int]:
-        import torch
-
         ids, prefill = self._encode(messages)
         ids = ids.to(lm.device)  # [1, T]
         pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
@@ -143,8 +141,6 @@ class LocalChatCompletionClient(ChatCompletionClient):
                      cancellation_token: CancellationToken | None = None) -> CreateResult:
         if tools:
             raise ValueError("the local model cannot call tools; the controller runs them (prose-only mode)")
-        from agents.runner import run_in_thread
-
         text, n_prompt, n_new = await run_in_thread(self._generate, messages)
         usage = RequestUsage(prompt_tokens=n_prompt, completion_tokens=n_new)
         self._last = usage

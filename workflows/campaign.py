@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
-        from agents.runner import interrupt_worker
+        from agents.worker import interrupt_worker
 
         interrupt_worker(timeout=10)
         print("interrupted; run the same command again to go on", file=sys.stderr)

@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = asyncio.run(investigation.run())
     except KeyboardInterrupt:  # a second Ctrl-C while the first was being handled
-        from agents.runner import interrupt_worker
+        from agents.worker import interrupt_worker
 
         interrupt_worker(timeout=10)
         print("interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from agents import WorkbenchSettings
 from neuron_core import ModelInterface
 from neuron_core.store import RunFolder
 from tests.conftest import make_tiny_gpt2
+from workflows.controller.run_state import RunState
 from workflows.investigation import Investigation, RunOptions
 
 
@@ -67,6 +68,8 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     ("manifest.json", lambda text: text[: len(text) // 2], "not valid JSON"),
     ("manifest.json", lambda text: "[1, 2]", "expected a JSON object, found list"),
     ("manifest.json", lambda text: text.replace('"layers": [', '"layers": "x", "_": ['), "its plan is not valid"),
+    ("state.json", lambda text: text[: len(text) // 2], "not valid JSON"),
+    ("state.json", lambda text: text.replace('"visualized_at": ', '"visualized_at": "x", "_": '), "not a run state"),
 ])
 def test_resume_of_a_corrupt_run_names_the_file_and_changes_nothing(tmp_path, finished_run, name, corrupt, problem):
     source, settings, models = finished_run
@@ -90,3 +93,23 @@ def test_resume_of_a_folder_in_use_is_refused(finished_run):
     finally:
         holder.unlock()
     assert result.exit_code == 2 and "in use by another process" in result.reason
+
+
+def test_the_run_state_is_saved_and_a_folder_without_it_resumes_from_its_manifest(tmp_path, finished_run):
+    source, settings, models = finished_run
+    saved = RunState.load(RunFolder(source))
+    assert saved.status == "done" and saved.exit_code == 0 and saved.reason == "done"
+    assert saved.plan is not None and saved.plan.layers == [1] and saved.narrative and saved.critic_text
+    assert saved.report_path == str(source / "report.md") and saved.figures_done and not saved.errors
+    assert saved.for_resume() == RunState(request=saved.request, plan=saved.plan)
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    (run_dir / "state.json").unlink()  # a run folder written before state.json
+    (run_dir / "report.md").unlink()
+    from_manifest = RunState.load(RunFolder(run_dir))
+    assert (from_manifest.request, from_manifest.plan) == (saved.request, saved.plan)
+    result = asyncio.run(Investigation(RunOptions(request="x", resume=str(run_dir)), settings, models=models).run())
+    assert result.status == "done" and (run_dir / "report.md").exists()
+    resumed = RunState.load(RunFolder(run_dir))
+    assert resumed.request == "investigate layer 1 of tiny-gpt2" and resumed.status == "done"
+    assert resumed.narrative == saved.narrative
