@@ -92,7 +92,7 @@ class ChatSession:
         return True
 
     def _cancelled(self) -> None:
-        from agents.runner import interrupt_worker
+        from agents.worker import interrupt_worker
 
         stopped = interrupt_worker()
         self.session.trace.event("cancelled", worker_stopped=stopped)
@@ -220,7 +220,7 @@ class ChatSession:
             self.view.note(f"{f.id} [{f.kind}{', ' + f.verdict if f.verdict else ''}] {f.claim}")
 
     async def _watch(self, prompt: str) -> None:
-        from agents.runner import run_in_thread
+        from agents.worker import run_in_thread
         from workflows.watch import watch_lines
 
         focus = self.session.focus

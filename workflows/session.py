@@ -210,7 +210,7 @@ class Session:
     async def call(self, entry: RunEntry, tool: str, args: dict[str, Any]) -> ToolOutcome:
         """A tool call on one of the session's runs, on the model worker thread (so Ctrl-C reaches it at once); the
         session's trace records it."""
-        from agents.runner import run_in_thread
+        from agents.worker import run_in_thread
 
         ctx = self.ctx_for(entry)
         return await run_in_thread(call_tool, ctx, tool, args, caller="chat")
