@@ -22,7 +22,7 @@ from agents.followups import FollowUp, ModeSpec, NeuronSpec
 from agents.scripted import detection_sentence, explain_text, promotes_text
 from tools import DATA_CLOSE, DATA_OPEN, Finding, check_claims, remove_sentences
 from tools.findings import Quantity, ref_parts
-from workflows.investigation import DEFAULT_MODEL
+from workflows.controller.plan import DEFAULT_MODEL
 from workflows.session import RunEntry, Session
 
 __all__ = ["Answerer", "Reply", "Compute"]
