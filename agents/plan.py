@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from neuron_core.sites import NeuronRef
+
 __all__ = ["Plan", "PlanError", "parse_request", "validate_plan", "refine_plan", "ANALYSES", "MAX_LAYERS",
            "REFINABLE"]
 
@@ -56,9 +58,7 @@ class Plan(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     def neuron_pairs(self) -> list[tuple[int, int]]:
-        from neuron_core.sites import parse_neuron_ref
-
-        return [parse_neuron_ref(r) for r in self.neurons]
+        return [NeuronRef.parse(r).pair for r in self.neurons]
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -168,7 +168,7 @@ def parse_request(text: str, *, default_model: str | None = None, max_tokens: in
     intent: Literal["investigate", "explain"] = "explain" if neurons and (_EXPLAIN.search(request) or not
                                                                          re.search(r"polysemantic", request, re.I)) \
         else "investigate"
-    refs = [f"L{layer}/N{n}" for layer, n in dict.fromkeys(neurons)]
+    refs = [str(NeuronRef(layer, n)) for layer, n in dict.fromkeys(neurons)]
     try:
         return Plan(request=request, intent=intent, model=model, layers=layers, neurons=refs,
                     corpus=corpus or "builtin", max_tokens=max_tokens, max_neurons=max_neurons, top_n=top_n,
@@ -209,7 +209,7 @@ def validate_plan(plan: Plan, *, n_layers: int, d_mlp: int | None, model_name: s
         if d_mlp is not None and not 0 <= neuron < d_mlp:
             raise PlanError(f"neuron {layer}/{neuron} is out of range: layer {index} of {name} has {d_mlp} neurons "
                             f"(0-{d_mlp - 1})")
-        neurons.append(f"L{index}/N{neuron}")
+        neurons.append(str(NeuronRef(index, neuron)))
     corpus = plan.corpus
     if corpus not in ("builtin", "default") and not corpus.startswith("hf:"):
         path = Path(corpus).expanduser()

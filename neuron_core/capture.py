@@ -126,20 +126,32 @@ class ActivationRecord:
     _resolver: SiteResolver | None = field(default=None, repr=False)
 
     @property
-    def sites(self) -> list[str]:
+    def resolver(self) -> SiteResolver | None:
+        """The resolver of the model the record came from (None for a record built by hand)."""
+        return self._resolver
+
+    @property
+    def site_names(self) -> list[str]:
+        """The captured site names, in capture order."""
         return list(self.activations)
+
+    @property
+    def sites(self) -> list[str]:
+        """Deprecated alias of :attr:`site_names`."""
+        return self.site_names
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __contains__(self, site: object) -> bool:
         try:
-            self._key(site)  # type: ignore[arg-type]
+            self.key(site)  # type: ignore[arg-type]
         except UnknownSiteError:
             return False
         return True
 
-    def _key(self, site: str | int | Site) -> str:
+    def key(self, site: str | int | Site) -> str:
+        """The captured site name ``site`` stands for (a shorthand, a Site or the name itself)."""
         if isinstance(site, Site):
             site = site.name
         if isinstance(site, str) and site in self.activations:
@@ -154,7 +166,7 @@ class ActivationRecord:
         raise UnknownSiteError(f"site {site!r} was not captured; captured: {', '.join(self.activations)}")
 
     def __getitem__(self, site: str | int | Site) -> torch.Tensor:
-        return self.activations[self._key(site)]
+        return self.activations[self.key(site)]
 
     @property
     def device(self) -> torch.device:

@@ -67,7 +67,7 @@ class ModelInterface:
 
     @property
     def resolver(self) -> SiteResolver:
-        return self.loaded.sites
+        return self.loaded.resolver
 
     @property
     def name(self) -> str:

@@ -290,14 +290,19 @@ class KerasModel:
         if not entries:
             raise UnsupportedModelError(f"the Keras model {self.name!r} has no layers to read")
         top = [p for p, e in entries.items() if not e.nested]
-        self.sites = KerasSiteResolver(entries, top)
+        self.resolver = KerasSiteResolver(entries, top)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._weights_hash: str | None = None
 
     # facts -------------------------------------------------------------------------------------------------
     @property
+    def sites(self) -> KerasSiteResolver:
+        """Deprecated alias of :attr:`resolver` (as ``LoadedModel.sites``)."""
+        return self.resolver
+
+    @property
     def n_layers(self) -> int:
-        return self.sites.n_layers
+        return self.resolver.n_layers
 
     @property
     def input_spec(self) -> Any | None:
@@ -318,10 +323,10 @@ class KerasModel:
         return len(shape) if shape is not None else None
 
     def layer_names(self) -> list[str]:
-        return self.sites.names()
+        return self.resolver.names()
 
     def module_names(self) -> list[str]:
-        return self.sites.names()
+        return self.resolver.names()
 
     def weights_hash(self) -> str:
         if self._weights_hash is None:
@@ -361,7 +366,7 @@ class KerasModel:
 
         whole_model = False
         for site in sites:
-            entry = self.sites.entries[site.module_path]
+            entry = self.resolver.entries[site.module_path]
             if graph_in is not None and not entry.nested and _single_node(entry.layer):
                 direct[site.name] = output_index(entry.layer)
                 continue
@@ -652,7 +657,7 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
 
     iface = _keras_interface(interface)
     km: KerasModel = iface.loaded  # type: ignore[assignment]
-    chosen = km.sites.resolve_many(sites)
+    chosen = km.resolver.resolve_many(sites)
     prepared = _prepare(iface, inputs, batch_size=batch_size, doc_base=0, max_length=max_length,
                         overflow=overflow, padding_side=padding_side)
     parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
@@ -680,7 +685,7 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
         model_name=iface.name,
         truncated=prepared.truncated,
         overflow=overflow,
-        _resolver=km.sites,  # type: ignore[arg-type]
+        _resolver=km.resolver,  # type: ignore[arg-type]
     )
 
 
@@ -703,7 +708,7 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
 
     iface = _keras_interface(interface)
     km: KerasModel = iface.loaded  # type: ignore[assignment]
-    chosen = km.sites.resolve_many(sites)
+    chosen = km.resolver.resolve_many(sites)
     if max_tokens is not None and max_tokens < 1:
         raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
     if doc_offset < 0:

@@ -119,6 +119,11 @@ class LoadedModel:
                    _weights_hash=weights_hash)
 
     @property
+    def resolver(self) -> SiteResolver:
+        """Where the MLP neurons live (the ``sites`` field, under the name every other class uses for it)."""
+        return self.sites
+
+    @property
     def n_layers(self) -> int:
         return self.sites.n_layers
 

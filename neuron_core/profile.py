@@ -45,7 +45,7 @@ from neuron_core.distributed import Executor
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
 from neuron_core.interface import ModelInterface
 from neuron_core.models import LoadedModel
-from neuron_core.sites import Site
+from neuron_core.sites import Site, find_site_name
 from neuron_core.stats import ExampleSet, SiteStats, StatsConfig
 from neuron_core.store import atomic_dir, atomic_write_json
 
@@ -175,50 +175,45 @@ class SiteProfile:
 
 
 class NeuronProfile:
-    """Per-site streaming statistics of a corpus, plus what is needed to read them (vocab, meta)."""
+    """Per-site streaming statistics of a corpus, plus what is needed to read them (vocab, meta).
+
+    ``site_stats``: site name -> :class:`SiteStats`; ``site_names``: the profiled site names; ``site_objects``: site
+    name -> the :class:`Site` it was read at."""
 
     def __init__(self, sites: dict[str, SiteStats], meta: dict[str, Any], vocab: Sequence[str],
                  site_objects: dict[str, Site] | None = None) -> None:
-        self.sites = sites
+        self.site_stats = sites
         self.meta = meta
         self.vocab = list(vocab)
         self.site_objects = site_objects or {}
 
     @property
+    def sites(self) -> dict[str, SiteStats]:
+        """Deprecated alias of :attr:`site_stats` (site name -> its statistics); read ``site_stats``."""
+        return self.site_stats
+
+    @property
     def site_names(self) -> list[str]:
-        return list(self.sites)
+        return list(self.site_stats)
 
     @property
     def n_tokens(self) -> int:
         return int(self.meta.get("n_tokens", 0))
 
-    def _key(self, site: str | int | Site) -> str:
-        if isinstance(site, Site):
-            site = site.name
-        if isinstance(site, str) and site in self.sites:
-            return site
-        from neuron_core.sites import _CANONICAL_RE, _SHORTHAND_RES, canonical_site_name
-
-        text = str(site).strip()
-        for pattern in (_CANONICAL_RE, *_SHORTHAND_RES):
-            match = pattern.match(text)
-            if match:
-                layer = int(match.group(1))
-                n_layers = int(self.meta.get("n_layers") or 0)
-                if layer < 0 and n_layers:
-                    layer += n_layers
-                name = canonical_site_name(layer)
-                if name in self.sites:
-                    return name
-        raise UnknownSiteError(f"site {site!r} is not in this profile; profiled: {', '.join(self.sites)}")
+    def key(self, site: str | int | Site) -> str:
+        """The profiled site name ``site`` stands for (``'layer 6'``, ``6``, ``-1``, a Site, the name itself)."""
+        name = find_site_name(site, self.site_stats, int(self.meta.get("n_layers") or 0))
+        if name is None:
+            raise UnknownSiteError(f"site {site!r} is not in this profile; profiled: {', '.join(self.site_stats)}")
+        return name
 
     def __getitem__(self, site: str | int | Site) -> SiteProfile:
-        key = self._key(site)
-        return SiteProfile(key, self.sites[key], self.vocab)
+        key = self.key(site)
+        return SiteProfile(key, self.site_stats[key], self.vocab)
 
     def __contains__(self, site: object) -> bool:
         try:
-            self._key(site)  # type: ignore[arg-type]
+            self.key(site)  # type: ignore[arg-type]
         except UnknownSiteError:
             return False
         return True
@@ -227,8 +222,9 @@ class NeuronProfile:
     def merge(self, other: NeuronProfile) -> NeuronProfile:
         """A new profile equal to profiling both corpora together. Document ranges must not overlap
         (give shards of one corpus their place with ``profile(..., doc_offset=...)``)."""
-        if set(self.sites) != set(other.sites):
-            raise ProfileMismatchError(f"profiles cover different sites: {sorted(self.sites)} vs {sorted(other.sites)}")
+        if set(self.site_stats) != set(other.site_stats):
+            raise ProfileMismatchError(f"profiles cover different sites: {sorted(self.site_stats)} "
+                                       f"vs {sorted(other.site_stats)}")
         if self.meta.get("model") != other.meta.get("model"):
             raise ProfileMismatchError(f"profiles come from different models: {self.meta.get('model')!r} "
                                        f"vs {other.meta.get('model')!r}")
@@ -237,9 +233,9 @@ class NeuronProfile:
         if a[0] < b[1] and b[0] < a[1]:
             raise ProfileMismatchError(f"profiles overlap in documents {a} and {b}; shard with doc_offset")
         merged: dict[str, SiteStats] = {}
-        for name, stats in self.sites.items():
+        for name, stats in self.site_stats.items():
             copy = SiteStats.from_state_dict(stats.state_dict(), stats.config_dict(), device=stats.device)
-            merged[name] = copy.merge(other.sites[name])
+            merged[name] = copy.merge(other.site_stats[name])
         meta = dict(self.meta)
         meta["n_tokens"] = self.n_tokens + other.n_tokens
         for key in ("n_docs", "n_skipped_docs", "n_truncated_docs", "n_binary_docs"):
@@ -257,13 +253,13 @@ class NeuronProfile:
         folder = Path(folder)
         with atomic_dir(folder) as tmp:
             state: dict[str, torch.Tensor] = {}
-            for name, stats in self.sites.items():
+            for name, stats in self.site_stats.items():
                 for key, tensor in stats.state_dict(name).items():
                     state[key] = tensor.detach().cpu().contiguous()
             save_file(state, str(tmp / "stats.safetensors"))
             site_info = {name: {"config": s.config_dict(),
                                 "site": vars(self.site_objects[name]) if name in self.site_objects else None}
-                         for name, s in self.sites.items()}
+                         for name, s in self.site_stats.items()}
             atomic_write_json(tmp / "profile.json", {"format": 1, "meta": self.meta, "sites": site_info})
             atomic_write_json(tmp / "vocab.json", self.vocab)
             if examples_parquet:
@@ -295,7 +291,7 @@ class NeuronProfile:
         import pandas as pd
 
         rows: list[dict[str, Any]] = []
-        for name in self.sites:
+        for name in self.site_stats:
             view = self[name]
             for neuron in range(view.n_neurons):
                 for kind in ("top", "bottom", "sample"):
@@ -309,10 +305,10 @@ class NeuronProfile:
     def table(self) -> Any:
         import pandas as pd
 
-        return pd.concat([self[name].table() for name in self.sites], ignore_index=True)
+        return pd.concat([self[name].table() for name in self.site_stats], ignore_index=True)
 
     def __repr__(self) -> str:
-        return (f"NeuronProfile(model={self.meta.get('model')!r}, sites={len(self.sites)}, "
+        return (f"NeuronProfile(model={self.meta.get('model')!r}, sites={len(self.site_stats)}, "
                 f"n_tokens={self.n_tokens}, docs=[{self.meta.get('doc_offset')}, {self.meta.get('next_doc')}))")
 
 
@@ -438,7 +434,7 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
         prof = NeuronProfile(stats, meta, interface.vocab_strings(), {s.name: s for s in chosen})
 
     meta = prof.meta
-    stats = prof.sites
+    stats = prof.site_stats
     before, after = cfg.context_before, cfg.context_after
     pad = pad_token_id(interface.tokenizer)
     seen = [start_doc - 1, int(meta.get("n_skipped_docs", 0)), int(meta.get("n_truncated_docs", 0))]
@@ -555,9 +551,9 @@ def _check_resume(prof: NeuronProfile, interface: ModelInterface, sites: list[Si
     problems = []
     if prof.meta.get("model") != interface.name:
         problems.append(f"model {prof.meta.get('model')!r} != {interface.name!r}")
-    if set(prof.sites) != {s.name for s in sites}:
-        problems.append(f"sites {sorted(prof.sites)} != {sorted(s.name for s in sites)}")
-    if any(s.config != cfg for s in prof.sites.values()):
+    if set(prof.site_stats) != {s.name for s in sites}:
+        problems.append(f"sites {sorted(prof.site_stats)} != {sorted(s.name for s in sites)}")
+    if any(s.config != cfg for s in prof.site_stats.values()):
         problems.append("statistics settings differ")
     if prof.meta.get("corpus_fingerprint") != fingerprint:
         problems.append("the corpus differs")

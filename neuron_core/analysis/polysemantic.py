@@ -61,6 +61,7 @@ from neuron_core.corpus import ConceptProbes, load_probes
 from neuron_core.distributed import Executor, check_executor, run_tasks
 from neuron_core.errors import CorpusTooSmallError, InputError
 from neuron_core.profile import NeuronProfile
+from neuron_core.sites import neuron_ref
 
 __all__ = ["DetectorConfig", "PolysemanticDetector", "PolysematicDetector", "neuron_ref", "verdict_of"]
 
@@ -167,12 +168,6 @@ def verdict_of(score: float, n_modes: int, n_above: int, n_null: int, cfg: Detec
     if upper < cfg.alpha:
         return "detected"
     return "borderline" if lower < cfg.alpha else "not detected"
-
-
-def neuron_ref(site: str, neuron: int) -> str:
-    if site.startswith("blocks.") and site.endswith(".mlp.hook_post"):
-        return f"L{site.split('.')[1]}/N{neuron}"
-    return f"{site}/N{neuron}"
 
 
 _T = TypeVar("_T")
@@ -358,8 +353,7 @@ class PolysemanticDetector:
 
             interface = interface if isinstance(interface, ModelInterface) else ModelInterface(interface)
         self.interface = interface
-        all_sites = source.sites if isinstance(source, ActivationRecord) else source.site_names
-        self.sites = [self._site_key(s) for s in sites] if sites is not None else list(all_sites)
+        self.site_names = [source.key(s) for s in sites] if sites is not None else list(source.site_names)
         self._neurons_arg = neurons
         self._embedder_spec = embedder
         self._embedder: Embedder | None = None
@@ -372,10 +366,10 @@ class PolysemanticDetector:
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
-    def _site_key(self, site: str) -> str:
-        if isinstance(self.source, ActivationRecord):
-            return self.source._key(site)
-        return self.source._key(site)
+    @property
+    def sites(self) -> list[str]:
+        """Deprecated alias of :attr:`site_names` (the analysed site names)."""
+        return self.site_names
 
     def _acts_max(self, site: str) -> torch.Tensor:
         if isinstance(self.source, ActivationRecord):
@@ -427,7 +421,7 @@ class PolysemanticDetector:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            layers = [int(s.split(".")[1]) for s in self.sites if s.startswith("blocks.")]
+            layers = [int(s.split(".")[1]) for s in self.site_names if s.startswith("blocks.")]
             layer = min(layers) if layers else None
             spec = self._embedder_spec
             if spec == "auto":
@@ -498,11 +492,11 @@ class PolysemanticDetector:
         """The neurons in ``shards`` parts (round robin, so each part gets strong and weak ones); each part is
         prepared by its own worker, the null is computed once over every part's neurons, then each part finishes.
         A neuron's result does not depend on its company, so this equals one run."""
-        chosen = {site: self._neurons_for(site) for site in self.sites}
+        chosen = {site: self._neurons_for(site) for site in self.site_names}
         groups = [{site: ns[k::self.shards] for site, ns in chosen.items()} for k in range(self.shards)]
         groups = [g for g in groups if any(g.values())]
         kwargs = {"embedder": self._embedder_spec, "probes": self._probes_arg, "config": self.config,
-                  "sites": self.sites, "seed": self.seed}
+                  "sites": self.site_names, "seed": self.seed}
         with _parts(self.source, self.interface, groups, kwargs, self.executor, self.address) as parts:
             t0 = time.perf_counter()
             summaries = parts.call("prepare_part")
@@ -537,7 +531,7 @@ class PolysemanticDetector:
 
     def _gather(self) -> list[tuple[str, int, list[Context]]]:
         cfg = self.config
-        gathered = [(site, neuron, self._contexts(site, neuron)) for site in self.sites
+        gathered = [(site, neuron, self._contexts(site, neuron)) for site in self.site_names
                     for neuron in self._neurons_for(site)]
         if gathered and not any(len(c) >= cfg.min_contexts for _, _, c in gathered):
             most = max(len(c) for _, _, c in gathered)
@@ -554,8 +548,8 @@ class PolysemanticDetector:
         cfg = self.config
 
         def draw(seed: int) -> list[Context]:
-            return [c for site in self.sites for c in random_contexts(
-                self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=seed,
+            return [c for site in self.site_names for c in random_contexts(
+                self.source, site, cfg.null_pool // max(1, len(self.site_names)), seed=seed,
                 before=cfg.window_before, after=cfg.window_after)]
 
         reference, null_pool = draw(REFERENCE_SEED), draw(self.seed)
@@ -726,9 +720,9 @@ class PolysemanticDetector:
         already gathered (the analysed neurons'), reused."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, 1])
-        per_site = max(1, cfg.null_value_neurons // max(1, len(self.sites)))
+        per_site = max(1, cfg.null_value_neurons // max(1, len(self.site_names)))
         out = []
-        for site in self.sites:
+        for site in self.site_names:
             peak = self._acts_max(site)
             live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().cpu().numpy()
             for neuron in np.sort(rng.choice(live, size=min(per_site, live.size), replace=False)):
@@ -867,7 +861,7 @@ class PolysemanticDetector:
         return found[:top_n] if top_n is not None else found
 
     def describe(self, site: str, neuron: int) -> PolysemanticNeuron:
-        key = self._site_key(site)
+        key = self.source.key(site)
         for r in self.run():
             if r.site == key and r.neuron == neuron:
                 return r
