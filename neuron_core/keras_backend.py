@@ -25,7 +25,6 @@ TensorFlow/Keras is imported lazily, only in this module.
 
 from __future__ import annotations
 
-import datetime as _dt
 import difflib
 import hashlib
 import sys
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import Overflow, batch_contexts, encode_texts, make_batches, pad_token_id
 from neuron_core.errors import (
     EmptyInputError,
     FrameworkNotAvailableError,
@@ -46,13 +45,13 @@ from neuron_core.errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
+from neuron_core.neuron_profile import NeuronProfile, ProfileMeta
 from neuron_core.sites import Site, resolve_all
 from neuron_core.stats import SiteStats, StatsConfig
 
 if TYPE_CHECKING:
     from neuron_core.capture import ActivationRecord
     from neuron_core.interface import ModelInterface
-    from neuron_core.profile import NeuronProfile
 
 __all__ = ["KerasModel", "KerasSiteResolver", "capture_keras", "profile_keras", "import_keras", "INSTALL_HINT"]
 
@@ -704,8 +703,6 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     """
     from tqdm.auto import tqdm
 
-    from neuron_core.profile import NeuronProfile, batch_contexts
-
     iface = _keras_interface(interface)
     km: KerasModel = iface.loaded  # type: ignore[assignment]
     chosen = km.resolver.resolve_many(sites)
@@ -716,13 +713,9 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
     stats: dict[str, SiteStats] = {}
-    meta: dict[str, Any] = {
-        "model": iface.name, "family": km.family, "framework": "tensorflow", "n_layers": km.n_layers,
-        "corpus": corpus_name, "corpus_fingerprint": None, "doc_offset": doc_offset, "next_doc": doc_offset,
-        "n_docs": 0, "n_tokens": 0, "n_skipped_docs": 0, "n_truncated_docs": 0, "batch_size": batch_size,
-        "max_tokens": max_tokens, "overflow": overflow, "complete": False,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
+    meta = ProfileMeta(model=iface.name, family=km.family, framework="tensorflow", n_layers=km.n_layers,
+                       corpus=corpus_name, corpus_fingerprint=None, doc_offset=doc_offset, batch_size=batch_size,
+                       max_tokens=max_tokens, overflow=overflow).as_dict()
     width = cfg.context_width
     max_id = -1
     show = sys.stderr.isatty() if progress is None else progress

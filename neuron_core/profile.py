@@ -15,339 +15,218 @@ The forward stops after the last needed block (no later blocks, no LM head). Sta
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
 from neuron_core.batching import (
     Batch,
+    DocCounts,
     Overflow,
     Segment,
+    batch_contexts,
     check_overflow,
+    context_limit,
+    corpus_segments,
     document_windows,
-    encode_one,
     length_sorted_batches,
     pad_token_id,
-    split_ids,
     to_device,
 )
 from neuron_core.capture import attach, run_forward
 from neuron_core.corpus import Corpus, load_corpus
 from neuron_core.distributed import Executor
-from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
+from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError
 from neuron_core.interface import ModelInterface
 from neuron_core.models import LoadedModel
-from neuron_core.sites import Site, find_site_name
-from neuron_core.stats import ExampleSet, SiteStats, StatsConfig
-from neuron_core.store import atomic_dir, atomic_write_json
+from neuron_core.neuron_profile import Example, NeuronProfile, ProfileMeta, SiteProfile
+from neuron_core.sites import Site
+from neuron_core.stats import SiteStats, StatsConfig
 
-__all__ = ["profile", "NeuronProfile", "SiteProfile", "Example", "batch_contexts", "BinaryDocumentsWarning"]
-
-ExampleKind = Literal["top", "bottom", "sample"]
-
-
-@dataclass(frozen=True)
-class Example:
-    """One activation of one neuron on one token, with the token's context (decoded token strings)."""
-
-    site: str
-    neuron: int
-    kind: str
-    value: float
-    doc_id: int
-    position: int
-    token: str
-    context: tuple[str, ...]
-    index: int  # position of the token inside ``context``
-
-    def text(self, marker: tuple[str, str] = ("[[", "]]")) -> str:
-        """The context as one string with the token marked: ``'the quick [[fox]] jumps'``."""
-        before = "".join(self.context[: self.index])
-        after = "".join(self.context[self.index + 1:])
-        return f"{before}{marker[0]}{self.token}{marker[1]}{after}"
-
-
-class SiteProfile:
-    """Read-only view of one site's statistics, with decoded examples. Tensors are float64 over neurons."""
-
-    def __init__(self, name: str, stats: SiteStats, vocab: Sequence[str]) -> None:
-        self.name = name
-        self.stats = stats
-        self.vocab = vocab
-
-    # moments
-    count = property(lambda self: self.stats.count)
-    mean = property(lambda self: self.stats.mean)
-    var = property(lambda self: self.stats.var)
-    std = property(lambda self: self.stats.std)
-    min = property(lambda self: self.stats.min)
-    max = property(lambda self: self.stats.max)
-    frac_active = property(lambda self: self.stats.frac_active)
-    n_nonfinite = property(lambda self: self.stats.n_nonfinite)
-    hist = property(lambda self: self.stats.hist)
-    edges = property(lambda self: self.stats.edges)
-
-    @property
-    def n_neurons(self) -> int:
-        return self.stats.n_neurons
-
-    def _check(self, neuron: int) -> int:
-        if isinstance(neuron, bool) or not isinstance(neuron, int) or not 0 <= neuron < self.n_neurons:
-            raise InputError(f"neuron {neuron!r} out of range for {self.name} (0-{self.n_neurons - 1})")
-        return neuron
-
-    def _decode(self, token_id: int) -> str:
-        return self.vocab[token_id] if 0 <= token_id < len(self.vocab) else f"<{token_id}>"
-
-    def examples(self, neuron: int, kind: ExampleKind = "top", n: int | None = None) -> list[Example]:
-        """Kept examples of a neuron: ``top`` (highest first), ``bottom`` (lowest first) or ``sample``."""
-        self._check(neuron)
-        sets = {"top": self.stats.top, "bottom": self.stats.bottom, "sample": self.stats.sample}
-        if kind not in sets:
-            raise InputError(f"kind must be one of {sorted(sets)}, not {kind!r}")
-        out = self._decoded(sets[kind], neuron, neuron, kind)
-        if kind == "sample":
-            out.sort(key=lambda e: -e.value)
-        return out[:n] if n is not None else out
-
-    def token_sample(self) -> list[Example]:
-        """The site's token reservoir: a uniform random sample of all its tokens, not chosen by any neuron (empty
-        for profiles saved before it existed). ``neuron`` is -1 and ``value`` 0 in these examples."""
-        return self._decoded(self.stats.tokens, 0, -1, "token")
-
-    def _decoded(self, ex: ExampleSet, row: int, neuron: int, kind: str) -> list[Example]:
-        """Row ``row`` of an example set as decoded examples, in key order (empty slots left out)."""
-        if ex.k == 0:
-            return []
-        keys, values = ex.keys[row].cpu(), ex.values[row].cpu()
-        docs, poss, ctx = ex.doc[row].cpu(), ex.pos[row].cpu(), ex.ctx[row].cpu()
-        before = self.stats.config.context_before
-        out: list[Example] = []
-        for slot in range(ex.k):
-            if not torch.isfinite(keys[slot]) or int(docs[slot]) < 0:
-                continue
-            ids = ctx[slot].tolist()
-            left = [i for i in ids[:before] if i >= 0]
-            right = [i for i in ids[before + 1:] if i >= 0]
-            strings = tuple(self._decode(i) for i in left + [ids[before]] + right)
-            out.append(Example(self.name, neuron, kind, float(values[slot]), int(docs[slot]), int(poss[slot]),
-                               self._decode(ids[before]), strings, len(left)))
-        return out
-
-    def top_examples(self, neuron: int, n: int | None = None) -> list[Example]:
-        return self.examples(neuron, "top", n)
-
-    def bottom_examples(self, neuron: int, n: int | None = None) -> list[Example]:
-        return self.examples(neuron, "bottom", n)
-
-    def quantile_examples(self, neuron: int, n: int = 10) -> list[Example]:
-        """Examples spread over the distribution of the neuron's active tokens (from the random sample),
-        highest first: the sample sorted by value, taken at ``n`` evenly spaced ranks."""
-        sample = self.examples(neuron, "sample")
-        if len(sample) <= n:
-            return sample
-        step = (len(sample) - 1) / (n - 1) if n > 1 else 0
-        return [sample[round(i * step)] for i in range(n)]
-
-    def table(self) -> Any:
-        """A tidy pandas DataFrame, one row per neuron."""
-        import pandas as pd
-
-        return pd.DataFrame({
-            "site": self.name,
-            "neuron": range(self.n_neurons),
-            "count": self.count.cpu().numpy(),
-            "mean": self.mean.cpu().numpy(),
-            "std": self.std.cpu().numpy(),
-            "min": self.min.cpu().numpy(),
-            "max": self.max.cpu().numpy(),
-            "frac_active": self.frac_active.cpu().numpy(),
-            "n_nonfinite": self.n_nonfinite.cpu().numpy(),
-        })
-
-
-class NeuronProfile:
-    """Per-site streaming statistics of a corpus, plus what is needed to read them (vocab, meta).
-
-    ``site_stats``: site name -> :class:`SiteStats`; ``site_names``: the profiled site names; ``site_objects``: site
-    name -> the :class:`Site` it was read at."""
-
-    def __init__(self, sites: dict[str, SiteStats], meta: dict[str, Any], vocab: Sequence[str],
-                 site_objects: dict[str, Site] | None = None) -> None:
-        self.site_stats = sites
-        self.meta = meta
-        self.vocab = list(vocab)
-        self.site_objects = site_objects or {}
-
-    @property
-    def sites(self) -> dict[str, SiteStats]:
-        """Deprecated alias of :attr:`site_stats` (site name -> its statistics); read ``site_stats``."""
-        return self.site_stats
-
-    @property
-    def site_names(self) -> list[str]:
-        return list(self.site_stats)
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.meta.get("n_tokens", 0))
-
-    def key(self, site: str | int | Site) -> str:
-        """The profiled site name ``site`` stands for (``'layer 6'``, ``6``, ``-1``, a Site, the name itself)."""
-        name = find_site_name(site, self.site_stats, int(self.meta.get("n_layers") or 0))
-        if name is None:
-            raise UnknownSiteError(f"site {site!r} is not in this profile; profiled: {', '.join(self.site_stats)}")
-        return name
-
-    def __getitem__(self, site: str | int | Site) -> SiteProfile:
-        key = self.key(site)
-        return SiteProfile(key, self.site_stats[key], self.vocab)
-
-    def __contains__(self, site: object) -> bool:
-        try:
-            self.key(site)  # type: ignore[arg-type]
-        except UnknownSiteError:
-            return False
-        return True
-
-    # -- combine --------------------------------------------------------------------------------------------
-    def merge(self, other: NeuronProfile) -> NeuronProfile:
-        """A new profile equal to profiling both corpora together. Document ranges must not overlap
-        (give shards of one corpus their place with ``profile(..., doc_offset=...)``)."""
-        if set(self.site_stats) != set(other.site_stats):
-            raise ProfileMismatchError(f"profiles cover different sites: {sorted(self.site_stats)} "
-                                       f"vs {sorted(other.site_stats)}")
-        if self.meta.get("model") != other.meta.get("model"):
-            raise ProfileMismatchError(f"profiles come from different models: {self.meta.get('model')!r} "
-                                       f"vs {other.meta.get('model')!r}")
-        a = (self.meta["doc_offset"], self.meta["next_doc"])
-        b = (other.meta["doc_offset"], other.meta["next_doc"])
-        if a[0] < b[1] and b[0] < a[1]:
-            raise ProfileMismatchError(f"profiles overlap in documents {a} and {b}; shard with doc_offset")
-        merged: dict[str, SiteStats] = {}
-        for name, stats in self.site_stats.items():
-            copy = SiteStats.from_state_dict(stats.state_dict(), stats.config_dict(), device=stats.device)
-            merged[name] = copy.merge(other.site_stats[name])
-        meta = dict(self.meta)
-        meta["n_tokens"] = self.n_tokens + other.n_tokens
-        for key in ("n_docs", "n_skipped_docs", "n_truncated_docs", "n_binary_docs"):
-            meta[key] = int(self.meta.get(key, 0)) + int(other.meta.get(key, 0))
-        meta["doc_offset"] = min(a[0], b[0])
-        meta["next_doc"] = max(a[1], b[1])
-        meta["merged_from"] = [self.meta.get("corpus"), other.meta.get("corpus")]
-        return NeuronProfile(merged, meta, self.vocab or other.vocab, {**other.site_objects, **self.site_objects})
-
-    # -- persist --------------------------------------------------------------------------------------------
-    def save(self, folder: str | Path, *, examples_parquet: bool = True) -> Path:
-        """Write stats.safetensors (exact state), profile.json, vocab.json and examples.parquet; atomically."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        with atomic_dir(folder) as tmp:
-            state: dict[str, torch.Tensor] = {}
-            for name, stats in self.site_stats.items():
-                for key, tensor in stats.state_dict(name).items():
-                    state[key] = tensor.detach().cpu().contiguous()
-            save_file(state, str(tmp / "stats.safetensors"))
-            site_info = {name: {"config": s.config_dict(),
-                                "site": vars(self.site_objects[name]) if name in self.site_objects else None}
-                         for name, s in self.site_stats.items()}
-            atomic_write_json(tmp / "profile.json", {"format": 1, "meta": self.meta, "sites": site_info})
-            atomic_write_json(tmp / "vocab.json", self.vocab)
-            if examples_parquet:
-                self.examples_frame().to_parquet(tmp / "examples.parquet", index=False)
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> NeuronProfile:
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        info_path = folder / "profile.json"
-        if not info_path.exists():
-            raise InputError(f"no profile in {folder} (profile.json missing)")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        state = load_file(str(folder / "stats.safetensors"))
-        sites: dict[str, SiteStats] = {}
-        objects: dict[str, Site] = {}
-        for name, entry in info["sites"].items():
-            sites[name] = SiteStats.from_state_dict(state, entry["config"], prefix=name, device=device)
-            if entry.get("site"):
-                objects[name] = Site(**entry["site"])
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        return cls(sites, info["meta"], vocab, objects)
-
-    def examples_frame(self) -> Any:
-        """Every kept example of every site as one tidy DataFrame (site, neuron, kind, rank, value, doc_id,
-        position, token, context)."""
-        import pandas as pd
-
-        rows: list[dict[str, Any]] = []
-        for name in self.site_stats:
-            view = self[name]
-            for neuron in range(view.n_neurons):
-                for kind in ("top", "bottom", "sample"):
-                    for rank, ex in enumerate(view.examples(neuron, kind)):  # type: ignore[arg-type]
-                        rows.append({"site": name, "neuron": neuron, "kind": kind, "rank": rank, "value": ex.value,
-                                     "doc_id": ex.doc_id, "position": ex.position, "token": ex.token,
-                                     "context": ex.text()})
-        columns = ["site", "neuron", "kind", "rank", "value", "doc_id", "position", "token", "context"]
-        return pd.DataFrame(rows, columns=columns)
-
-    def table(self) -> Any:
-        import pandas as pd
-
-        return pd.concat([self[name].table() for name in self.site_stats], ignore_index=True)
-
-    def __repr__(self) -> str:
-        return (f"NeuronProfile(model={self.meta.get('model')!r}, sites={len(self.site_stats)}, "
-                f"n_tokens={self.n_tokens}, docs=[{self.meta.get('doc_offset')}, {self.meta.get('next_doc')}))")
-
-
-# ---------------------------------------------------------------------------------------------------- driver
-def batch_contexts(batch: Batch, before: int, after: int, select: torch.Tensor | None = None) -> torch.Tensor:
-    """Token-id windows around every real token (or those of ``select`` [B, T]): [n, before + 1 + after] int32,
-    -1 outside the document."""
-    ids = torch.where(batch.mask, batch.input_ids, -1).to(torch.int32)  # [B, T]
-    padded = F.pad(ids, (before, after), value=-1)  # [B, before + T + after]
-    windows = padded.unfold(1, before + 1 + after, 1)  # [B, T, W]
-    return windows[batch.mask if select is None else select]  # [n, W]
-
+__all__ = ["profile", "NeuronProfile", "SiteProfile", "Example", "ProfileMeta", "batch_contexts",
+           "BinaryDocumentsWarning"]
 
 _WINDOW_BATCHES = 16
 """Batches per window of documents sorted by length (see ``profile``)."""
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How one ``profile`` run reads its corpus: batch sizes, the token budget, where it checkpoints."""
+
+    batch_size: int
+    batch_tokens: int
+    max_tokens: int | None
+    doc_offset: int
+    overflow: Overflow
+    context: int | None  # the longest segment a document is cut into
+    checkpoint: Path | None
+    checkpoint_every: int
+    stop_early: bool
+
+
+@dataclass
+class _BatchTokens:
+    """The tokens of one batch that count, on the model's device: their row-major index into the batch's
+    [B * T] positions, document ids, positions and context windows; ``n`` of them."""
+
+    index: torch.Tensor  # [n]
+    doc: torch.Tensor  # [n]
+    pos: torch.Tensor  # [n]
+    ctx: torch.Tensor  # [n, W]
+    n: int
+
+    @classmethod
+    def of(cls, batch: Batch, rows: list[int], keep: list[int], cfg: StatsConfig, doc_offset: int,
+           device: torch.device) -> _BatchTokens:
+        """Worked out on the host, where the batch is, then copied without waiting: on a GPU nothing here waits
+        for the device. ``keep[row]``: how many of the row's first tokens count (the token budget)."""
+        limit = torch.tensor([keep[i] for i in rows])
+        mask = batch.mask & (batch.position_ids < limit[:, None])  # [B, T]
+        index = mask.flatten().nonzero().flatten()  # the batch's counted tokens, row-major
+        doc, pos = batch.token_doc_pos(select=mask)
+        ctx = batch_contexts(batch, cfg.context_before, cfg.context_after, select=mask)
+        return cls(to_device(index, device), to_device(doc + doc_offset, device), to_device(pos, device),
+                   to_device(ctx, device), n=int(index.numel()))
+
+
+def _within_budget(window: list[Segment], max_tokens: int | None, n_tokens: int) -> tuple[list[Segment], list[int]]:
+    """The window's segments that still count, with how many of each one's tokens count: the statistics' budget is
+    spent in corpus order, so the first ``max_tokens`` tokens count (the model still sees whole documents). Empty
+    once the budget is spent."""
+    keep = [len(seg.ids) for seg in window]
+    if max_tokens is not None:
+        remaining = max_tokens - n_tokens
+        for i, length in enumerate(keep):
+            keep[i] = max(0, min(length, remaining))
+            remaining -= keep[i]
+    kept = [i for i, n_keep in enumerate(keep) if n_keep > 0]
+    return [window[i] for i in kept], [keep[i] for i in kept]
+
+
+class _Profiler:
+    """One ``profile`` run in this process: the profile it fills, the documents it has counted, the tokens of the
+    batch on its way through the model (which the site hooks read)."""
+
+    def __init__(self, interface: ModelInterface, sites: list[Site], corpus: Corpus, prof: NeuronProfile,
+                 cfg: StatsConfig, settings: _Settings, start_doc: int) -> None:
+        self.interface, self.sites, self.corpus, self.prof = interface, sites, corpus, prof
+        self.cfg, self.settings, self.start_doc = cfg, settings, start_doc
+        meta = prof.meta
+        self.counts = DocCounts(start_doc - 1, int(meta.get("n_skipped_docs", 0)),
+                                int(meta.get("n_truncated_docs", 0)))
+        self.current: _BatchTokens  # set before every forward, read by the site hooks
+        self.processed_any = False
+
+    def on_site(self, site: Site, tensor: torch.Tensor) -> None:
+        """A site hook: the counted tokens' activations into the site's statistics."""
+        tokens = self.current
+        # index_select with the batch's precomputed token index: no host sync per site (a boolean mask would wait)
+        acts = tensor.reshape(-1, tensor.shape[-1]).index_select(0, tokens.index)  # [n_tokens, N]
+        self.prof.site_stats[site.name].add(acts, tokens.doc, tokens.pos, tokens.ctx)
+
+    def run(self, progress: bool) -> None:
+        """Every window of documents through the model, until the corpus or the token budget ends; a progress bar
+        on stderr if ``progress``.
+
+        Batches are formed within windows of whole documents (16 batches' worth), sorted by length: rows of a
+        batch then have about the same length and little padding (built-in corpus, batch_size 16: padded
+        positions per token 1.65 -> 1.09). Windows start at the first document and end at document boundaries, so
+        a resumed run sees the same windows, hence the same batches, as an uninterrupted one; checkpoints are
+        written at the end of a window once ``checkpoint_every`` batches have run."""
+        s, meta = self.settings, self.prof.meta
+        segments = corpus_segments(self.corpus, self.start_doc, self.interface.tokenizer, s.context, s.overflow,
+                                   self.counts)
+        batches_since = 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.max_tokens, initial=int(meta["n_tokens"]), unit="tok", unit_scale=True,
+                   disable=not progress, desc=f"profiling {len(self.sites)} site(s)", file=sys.stderr)
+        with closing(bar), attach(self.interface.resolver, self.sites, self.on_site, stop_early=s.stop_early):
+            for window in document_windows(segments, size=s.batch_size * _WINDOW_BATCHES):
+                window, keep = _within_budget(window, s.max_tokens, int(meta["n_tokens"]))
+                if not window:
+                    break
+                batches_since += self.run_window(window, keep, bar)
+                meta["n_docs"] = int(meta["n_docs"]) + len({seg.doc_id for seg in window})
+                meta["next_doc"] = window[-1].doc_id + 1 + s.doc_offset
+                if s.checkpoint is not None and batches_since >= s.checkpoint_every:
+                    self.write_counts()
+                    self.prof.save(s.checkpoint, examples_parquet=False)
+                    batches_since = 0
+
+    def run_window(self, window: list[Segment], keep: list[int], bar: Any) -> int:
+        """One window's batches through the model; returns how many batches ran."""
+        s, meta, module, device = self.settings, self.prof.meta, self.interface.module, self.interface.device
+        pad = pad_token_id(self.interface.tokenizer)
+        n_batches = 0
+        for batch, rows in length_sorted_batches(window, batch_size=s.batch_size, pad_id=pad,
+                                                 max_tokens=s.batch_tokens):
+            self.current = _BatchTokens.of(batch, rows, keep, self.cfg, s.doc_offset, device)
+            run_forward(module, batch.to(device).model_kwargs(module))
+            n_new = self.current.n
+            self.processed_any = self.processed_any or n_new > 0
+            meta["n_tokens"] = int(meta["n_tokens"]) + n_new
+            bar.update(n_new)
+            n_batches += 1
+        return n_batches
+
+    def write_counts(self) -> None:
+        """The document counts into the profile's metadata."""
+        meta = self.prof.meta
+        meta["n_skipped_docs"], meta["n_truncated_docs"] = self.counts.skipped, self.counts.truncated
 
 
 def _coerce_interface(model: ModelInterface | LoadedModel | Any) -> ModelInterface:
     return model if isinstance(model, ModelInterface) else ModelInterface(model)
 
 
-def _segments(corpus: Corpus, start: int, tokenizer: Any, context: int | None, overflow: Overflow,
-              seen: list[int]) -> Iterator[Segment]:
-    for doc_id, text in corpus.iter_from(start):
-        if isinstance(text, (list, tuple, torch.Tensor)):  # an already tokenised document
-            ids = text.tolist() if isinstance(text, torch.Tensor) else list(text)
-            if not ids:
-                seen[1] += 1
-                continue
-            segments = split_ids(ids, doc_id, context_length=context, overflow=overflow)
-        elif not isinstance(text, str) or not text.strip():
-            seen[1] += 1  # skipped empty documents are counted, never silently lost
-            continue
-        else:
-            segments = encode_one(tokenizer, text, doc_id, context_length=context, overflow=overflow)
-        seen[0] = doc_id
-        if segments[0].truncated:
-            seen[2] += 1
-        yield from segments
+def _choose_sites(interface: ModelInterface, sites: Sequence[str | int | Site] | str | int | None) -> list[Site]:
+    """The sites to profile, every name resolved first; None: every MLP site."""
+    resolver = interface.resolver
+    if sites is None:
+        if not resolver.has_mlp_sites:
+            raise InputError("this model has no canonical MLP sites; name the modules to profile")
+        return [resolver.mlp_site(i) for i in range(resolver.n_layers)]
+    return resolver.resolve_many(sites if isinstance(sites, (list, tuple)) else [sites])  # type: ignore[list-item]
+
+
+def _check_sizes(batch_size: int, batch_tokens: int, max_tokens: int | None, doc_offset: int) -> None:
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_tokens < 1:
+        raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
+    if doc_offset < 0:
+        raise InputError("doc_offset must be >= 0")
+
+
+def _start(interface: ModelInterface, sites: list[Site], corpus: Corpus, cfg: StatsConfig, settings: _Settings,
+           resume: bool) -> tuple[NeuronProfile, int]:
+    """The profile to fill and the corpus document it starts at: the checkpoint's when resuming from one, else a
+    new, empty profile (one tiny forward reads each site's width)."""
+    fingerprint = corpus.fingerprint()
+    if resume:
+        if settings.checkpoint is None:
+            raise InputError("resume=True needs a checkpoint folder")
+        if (settings.checkpoint / "profile.json").exists():
+            prof = NeuronProfile.load(settings.checkpoint, device=interface.device)
+            _check_resume(prof, interface, sites, cfg, fingerprint, settings.doc_offset)
+            return prof, int(prof.meta["next_doc"]) - settings.doc_offset
+    n_neurons = _probe_widths(interface, sites)
+    stats = {s.name: SiteStats(n_neurons[s.name], device=interface.device, config=cfg) for s in sites}
+    meta = ProfileMeta(model=interface.name, family=interface.loaded.family, n_layers=interface.n_layers,
+                       corpus=corpus.name, corpus_fingerprint=fingerprint, doc_offset=settings.doc_offset,
+                       batch_size=settings.batch_size, batch_tokens=settings.batch_tokens,
+                       max_tokens=settings.max_tokens, overflow=settings.overflow)
+    return NeuronProfile(stats, meta.as_dict(), interface.vocab_strings(), {s.name: s for s in sites}), 0
 
 
 def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int | Site] | str | int | None = None,
@@ -373,21 +252,8 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
     :mod:`neuron_core.shards` for what equals the unsharded profile.
     """
     interface = _coerce_interface(model)
-    resolver = interface.resolver
-    if sites is None:
-        if not resolver.has_mlp_sites:
-            raise InputError("this model has no canonical MLP sites; name the modules to profile")
-        chosen = [resolver.mlp_site(i) for i in range(resolver.n_layers)]
-    else:
-        chosen = resolver.resolve_many(sites if isinstance(sites, (list, tuple)) else [sites])  # type: ignore[list-item]
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    if batch_tokens < 1:
-        raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    if max_tokens is not None and max_tokens < 1:
-        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
-    if doc_offset < 0:
-        raise InputError("doc_offset must be >= 0")
+    chosen = _choose_sites(interface, sites)
+    _check_sizes(batch_size, batch_tokens, max_tokens, doc_offset)
     check_overflow(overflow)
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
@@ -404,108 +270,19 @@ def profile(model: ModelInterface | LoadedModel | Any, sites: Sequence[str | int
                                checkpoint=checkpoint, resume=resume, max_retries=max_retries, progress=bool(progress),
                                options={"batch_size": batch_size, "batch_tokens": batch_tokens, "config": cfg,
                                         "stop_early": stop_early, "checkpoint_every": checkpoint_every})
-    context = interface.context_length
-    if max_length is not None:
-        context = min(max_length, context) if context else max_length
-    device = interface.device
-    fingerprint = corp.fingerprint()
-
-    prof: NeuronProfile | None = None
-    meta: dict[str, Any]
-    start_doc = 0
-    if resume:
-        if checkpoint is None:
-            raise InputError("resume=True needs a checkpoint folder")
-        if (Path(checkpoint) / "profile.json").exists():
-            prof = NeuronProfile.load(checkpoint, device=device)
-            _check_resume(prof, interface, chosen, cfg, fingerprint, doc_offset)
-            start_doc = int(prof.meta["next_doc"]) - doc_offset
-            if prof.meta.get("complete"):
-                return prof
-    if prof is None:
-        n_neurons = _probe_widths(interface, chosen)
-        stats = {s.name: SiteStats(n_neurons[s.name], device=device, config=cfg) for s in chosen}
-        meta = {"model": interface.name, "family": interface.loaded.family, "n_layers": interface.n_layers,
-                "corpus": corp.name, "corpus_fingerprint": fingerprint, "doc_offset": doc_offset,
-                "next_doc": doc_offset, "n_docs": 0, "n_tokens": 0, "n_skipped_docs": 0, "n_truncated_docs": 0,
-                "batch_size": batch_size, "batch_tokens": batch_tokens, "max_tokens": max_tokens,
-                "overflow": overflow, "complete": False,
-                "created": _dt.datetime.now().isoformat(timespec="seconds")}
-        prof = NeuronProfile(stats, meta, interface.vocab_strings(), {s.name: s for s in chosen})
-
-    meta = prof.meta
-    stats = prof.site_stats
-    before, after = cfg.context_before, cfg.context_after
-    pad = pad_token_id(interface.tokenizer)
-    seen = [start_doc - 1, int(meta.get("n_skipped_docs", 0)), int(meta.get("n_truncated_docs", 0))]
-    current: dict[str, Any] = {}
-
-    def on_site(site: Site, tensor: torch.Tensor) -> None:
-        # index_select with the batch's precomputed token index: no host sync per site (a boolean mask would wait)
-        acts = tensor.reshape(-1, tensor.shape[-1]).index_select(0, current["index"])  # [n_tokens, N]
-        stats[site.name].add(acts, current["doc"], current["pos"], current["ctx"])
-
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=max_tokens, initial=int(meta["n_tokens"]), unit="tok", unit_scale=True, disable=not show,
-               desc=f"profiling {len(chosen)} site(s)", file=sys.stderr)
-    batches_since = 0
-    processed_any = False
-    module = interface.module
-    # Batches are formed within windows of whole documents (16 batches' worth), sorted by length: rows of a batch
-    # then have about the same length and little padding (built-in corpus, batch_size 16: padded positions per
-    # token 1.65 -> 1.09). Windows start at the first document and end at document boundaries, so a resumed run
-    # sees the same windows, hence the same batches, as an uninterrupted one; checkpoints are written at the end of
-    # a window once ``checkpoint_every`` batches have run.
-    try:
-        with attach(resolver, chosen, on_site, stop_early=stop_early):
-            segs = _segments(corp, start_doc, interface.tokenizer, context, overflow, seen)
-            for window in document_windows(segs, size=batch_size * _WINDOW_BATCHES):
-                # The statistics' token budget is spent in corpus order: the first `max_tokens` tokens count (the
-                # model still sees whole documents; only the statistics stop at the budget).
-                keep = [len(seg.ids) for seg in window]
-                if max_tokens is not None:
-                    remaining = max_tokens - int(meta["n_tokens"])
-                    for i, length in enumerate(keep):
-                        keep[i] = max(0, min(length, remaining))
-                        remaining -= keep[i]
-                kept = [i for i, n_keep in enumerate(keep) if n_keep > 0]
-                if not kept:
-                    break
-                window = [window[i] for i in kept]
-                keep = [keep[i] for i in kept]
-                for batch, rows in length_sorted_batches(window, batch_size=batch_size, pad_id=pad,
-                                                         max_tokens=batch_tokens):
-                    # Which tokens count, their places and contexts: worked out on the host, where the batch is,
-                    # then copied without waiting; on a GPU nothing in this loop waits for the device.
-                    limit = torch.tensor([keep[i] for i in rows])
-                    mask = batch.mask & (batch.position_ids < limit[:, None])
-                    index = mask.flatten().nonzero().flatten()  # the batch's counted tokens, row-major
-                    doc, pos = batch.token_doc_pos(select=mask)
-                    doc = doc + doc_offset
-                    ctx = batch_contexts(batch, before, after, select=mask)
-                    for key, value in (("index", index), ("doc", doc), ("pos", pos), ("ctx", ctx)):
-                        current[key] = to_device(value, device)
-                    run_forward(module, batch.to(device).model_kwargs(module))
-                    n_new = int(index.numel())
-                    processed_any = processed_any or n_new > 0
-                    meta["n_tokens"] = int(meta["n_tokens"]) + n_new
-                    bar.update(n_new)
-                    batches_since += 1
-                meta["n_docs"] = int(meta["n_docs"]) + len({seg.doc_id for seg in window})
-                meta["next_doc"] = window[-1].doc_id + 1 + doc_offset
-                if checkpoint is not None and batches_since >= checkpoint_every:
-                    meta["n_skipped_docs"], meta["n_truncated_docs"] = seen[1], seen[2]
-                    prof.save(checkpoint, examples_parquet=False)
-                    batches_since = 0
-    finally:
-        bar.close()
-    _note_binary_documents(corp, meta)
-    if not processed_any and int(meta["n_tokens"]) == 0:
+    settings = _Settings(batch_size, batch_tokens, max_tokens, doc_offset, overflow,
+                         context_limit(interface.context_length, max_length),
+                         Path(checkpoint) if checkpoint is not None else None, checkpoint_every, stop_early)
+    prof, start_doc = _start(interface, chosen, corp, cfg, settings, resume)
+    if prof.meta.get("complete"):
+        return prof  # resumed from a finished checkpoint
+    run = _Profiler(interface, chosen, corp, prof, cfg, settings, start_doc)
+    run.run(sys.stderr.isatty() if progress is None else progress)
+    _note_binary_documents(corp, prof.meta)
+    if not run.processed_any and int(prof.meta["n_tokens"]) == 0:
         raise EmptyInputError(f"corpus {corp.name!r} produced no tokens")
-    meta["n_skipped_docs"], meta["n_truncated_docs"] = seen[1], seen[2]
-    meta["complete"] = True
+    run.write_counts()
+    prof.meta["complete"] = True
     if checkpoint is not None:
         prof.save(checkpoint, examples_parquet=False)
     return prof

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neuron_core.batching import DocCounts, context_limit, corpus_segments
 from neuron_core.corpus import Corpus
 from neuron_core.distributed import Executor, check_executor, portable_model, run_tasks
 from neuron_core.errors import EmptyInputError, InputError
@@ -106,15 +107,10 @@ def plan_shards(doc_tokens: list[int], n_shards: int, max_tokens: int | None = N
 def _doc_tokens(corpus: Corpus, interface: ModelInterface, max_length: int | None, overflow: str,
                 max_tokens: int | None) -> tuple[list[int], list[Any]]:
     """Tokens per document as ``profile`` counts them (segments), and the documents, up to the budget."""
-    from neuron_core.profile import _segments
-
-    context = interface.context_length
-    if max_length is not None:
-        context = min(max_length, context) if context else max_length
+    context = context_limit(interface.context_length, max_length)
     per_doc: dict[int, int] = {}
-    seen = [-1, 0, 0]
     total, cut = 0, None
-    for seg in _segments(corpus, 0, interface.tokenizer, context, overflow, seen):  # type: ignore[arg-type]
+    for seg in corpus_segments(corpus, 0, interface.tokenizer, context, overflow, DocCounts()):  # type: ignore[arg-type]
         per_doc[seg.doc_id] = per_doc.get(seg.doc_id, 0) + len(seg.ids)
         total += len(seg.ids)
         if max_tokens is not None and total >= max_tokens and seg.final:
