@@ -24,7 +24,7 @@ from torch import nn
 from neuron_core.errors import EmptyInputError, InputError, TextTooLongError
 
 __all__ = ["Segment", "Batch", "Overflow", "encode_texts", "encode_one", "make_batches", "pad_token_id",
-           "to_device", "batch_contexts", "context_limit", "DocCounts", "corpus_segments"]
+           "to_device", "batch_contexts", "check_budget", "context_limit", "DocCounts", "corpus_segments"]
 
 Overflow = Literal["error", "truncate", "window"]
 
@@ -241,6 +241,14 @@ def batch_contexts(batch: Batch, before: int, after: int, select: torch.Tensor |
     padded = torch.nn.functional.pad(ids, (before, after), value=-1)  # [B, before + T + after]
     windows = padded.unfold(1, before + 1 + after, 1)  # [B, T, W]
     return windows[batch.mask if select is None else select]  # [n, W]
+
+
+def check_budget(max_tokens: int | None, doc_offset: int) -> None:
+    """InputError unless ``max_tokens`` (None: no budget) and ``doc_offset`` are possible."""
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
+    if doc_offset < 0:
+        raise InputError("doc_offset must be >= 0")
 
 
 def context_limit(model_context: int | None, max_length: int | None) -> int | None:

@@ -284,6 +284,12 @@ class ActivationMonitor:
                                  overflow=overflow, padding_side=padding_side)
         if isinstance(texts, torch.Tensor):
             return self._capture_tensor(texts, chosen, target)
+        return self._capture_texts(texts, chosen, target, max_length=max_length, overflow=overflow,
+                                   batch_size=batch_size, padding_side=padding_side, stop_early=stop_early)
+
+    def _capture_texts(self, texts: str | Sequence[str], chosen: list[Site], target: torch.device, *,
+                       max_length: int | None, overflow: Overflow, batch_size: int,
+                       padding_side: Literal["left", "right"], stop_early: bool) -> ActivationRecord:
         interface = self.interface
         segments = encode_texts(interface.tokenizer, texts, context_length=interface.context_length,
                                 overflow=overflow, max_length=max_length)

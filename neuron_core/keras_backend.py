@@ -29,7 +29,7 @@ import difflib
 import hashlib
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from neuron_core.batching import Overflow, batch_contexts, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import Overflow, batch_contexts, check_budget, encode_texts, make_batches, pad_token_id
 from neuron_core.errors import (
     EmptyInputError,
     FrameworkNotAvailableError,
@@ -706,68 +706,87 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     iface = _keras_interface(interface)
     km: KerasModel = iface.loaded  # type: ignore[assignment]
     chosen = km.resolver.resolve_many(sites)
-    if max_tokens is not None and max_tokens < 1:
-        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
-    if doc_offset < 0:
-        raise InputError("doc_offset must be >= 0")
+    check_budget(max_tokens, doc_offset)
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
-    stats: dict[str, SiteStats] = {}
     meta = ProfileMeta(model=iface.name, family=km.family, framework="tensorflow", n_layers=km.n_layers,
                        corpus=corpus_name, corpus_fingerprint=None, doc_offset=doc_offset, batch_size=batch_size,
                        max_tokens=max_tokens, overflow=overflow).as_dict()
-    width = cfg.context_width
-    max_id = -1
+    run = _KerasProfiler(km, chosen, cfg, meta, max_tokens)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, disable=not show,
                desc=f"profiling {len(chosen)} Keras layer(s)", file=sys.stderr)
-    try:
-        doc_base, last_doc = doc_offset, None
+    with closing(bar):
+        doc_base = doc_offset
         for item in batches:
-            if max_tokens is not None and meta["n_tokens"] >= max_tokens:
+            if run.spent():
                 break
             prepared = _prepare(iface, item, batch_size=batch_size, doc_base=doc_base, max_length=max_length,
                                 overflow=overflow, padding_side="right")
             doc_base += prepared.n_docs
             meta["n_truncated_docs"] += len(prepared.truncated)
             for batch in prepared.batches:
-                remaining = None if max_tokens is None else max_tokens - meta["n_tokens"]
-                if remaining is not None and remaining <= 0:
+                if run.spent():
                     break
-                arrays = _forward(km, chosen, batch.feed)
-                rows = _rows(arrays, batch)
-                if remaining is not None and int(rows.keep.sum()) > remaining:
-                    # keep exactly `remaining` rows, in row-major order; the model still saw whole examples
-                    budget = (np.cumsum(rows.keep.ravel()) <= remaining).reshape(rows.keep.shape)
-                    rows = _rows_subset(rows, budget)
-                n = int(rows.keep.sum())
-                if rows.kind == "tokens" and batch.ids is not None:
-                    ctx = _contexts(batch, rows.keep, cfg, batch_contexts)
-                    max_id = max(max_id, int(batch.ids.max()))
-                else:
-                    ctx = torch.full((n, width), -1, dtype=torch.int32)
-                doc, pos = torch.from_numpy(rows.doc), torch.from_numpy(rows.pos)
-                for site in chosen:
-                    acts = _acts(arrays[site.name], rows.keep)  # [n, N]
-                    if site.name not in stats:
-                        stats[site.name] = SiteStats(acts.shape[1], device="cpu", config=cfg)
-                    stats[site.name].add(acts, doc, pos, ctx)
-                docs = [int(d) for d in np.unique(rows.doc)]
-                meta["n_docs"] += len(set(docs) - {last_doc})
-                last_doc = docs[-1] if docs else last_doc
-                meta["next_doc"] = (last_doc + 1) if last_doc is not None else doc_offset
-                meta["n_tokens"] += n
-                bar.update(n)
-    finally:
-        bar.close()
+                bar.update(run.add(batch))
     if meta["n_tokens"] == 0:
         raise EmptyInputError("the batches produced no activations")
     meta["complete"] = True
     if iface.tokenizer is not None:
         vocab = iface.vocab_strings()
     else:
-        vocab = [str(i) for i in range(max_id + 1)]  # token ids shown as their numbers, as in records
-    return NeuronProfile(stats, meta, vocab, {s.name: s for s in chosen})
+        vocab = [str(i) for i in range(run.max_id + 1)]  # token ids shown as their numbers, as in records
+    return NeuronProfile(run.stats, meta, vocab, {s.name: s for s in chosen})
+
+
+class _KerasProfiler:
+    """The statistics of one ``profile_keras`` run as its batches come: per site, and the counts in ``meta``."""
+
+    def __init__(self, km: KerasModel, sites: list[Site], cfg: StatsConfig, meta: dict[str, Any],
+                 max_tokens: int | None) -> None:
+        self.km, self.sites, self.cfg, self.meta, self.max_tokens = km, sites, cfg, meta, max_tokens
+        self.stats: dict[str, SiteStats] = {}
+        self.max_id = -1  # the largest token id seen (the vocabulary of a profile without a tokenizer)
+        self.last_doc: int | None = None
+
+    def remaining(self) -> int | None:
+        return None if self.max_tokens is None else self.max_tokens - self.meta["n_tokens"]
+
+    def spent(self) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
+    def add(self, batch: _Batch) -> int:
+        """One batch through the model and into the statistics; returns how many rows counted."""
+        arrays = _forward(self.km, self.sites, batch.feed)
+        rows = _rows(arrays, batch)
+        remaining = self.remaining()
+        if remaining is not None and int(rows.keep.sum()) > remaining:
+            # keep exactly `remaining` rows, in row-major order; the model still saw whole examples
+            budget = (np.cumsum(rows.keep.ravel()) <= remaining).reshape(rows.keep.shape)
+            rows = _rows_subset(rows, budget)
+        n = int(rows.keep.sum())
+        if rows.kind == "tokens" and batch.ids is not None:
+            ctx = _contexts(batch, rows.keep, self.cfg, batch_contexts)
+            self.max_id = max(self.max_id, int(batch.ids.max()))
+        else:
+            ctx = torch.full((n, self.cfg.context_width), -1, dtype=torch.int32)
+        doc, pos = torch.from_numpy(rows.doc), torch.from_numpy(rows.pos)
+        for site in self.sites:
+            acts = _acts(arrays[site.name], rows.keep)  # [n, N]
+            if site.name not in self.stats:
+                self.stats[site.name] = SiteStats(acts.shape[1], device="cpu", config=self.cfg)
+            self.stats[site.name].add(acts, doc, pos, ctx)
+        self._count(rows, n)
+        return n
+
+    def _count(self, rows: _Rows, n: int) -> None:
+        meta = self.meta
+        docs = [int(d) for d in np.unique(rows.doc)]
+        meta["n_docs"] += len(set(docs) - {self.last_doc})
+        self.last_doc = docs[-1] if docs else self.last_doc
+        meta["next_doc"] = (self.last_doc + 1) if self.last_doc is not None else meta["doc_offset"]
+        meta["n_tokens"] += n
 
 
 def _rows_subset(rows: _Rows, budget: np.ndarray) -> _Rows:

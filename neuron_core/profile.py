@@ -31,6 +31,7 @@ from neuron_core.batching import (
     Overflow,
     Segment,
     batch_contexts,
+    check_budget,
     check_overflow,
     context_limit,
     corpus_segments,
@@ -202,10 +203,7 @@ def _check_sizes(batch_size: int, batch_tokens: int, max_tokens: int | None, doc
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if batch_tokens < 1:
         raise InputError(f"batch_tokens must be >= 1, got {batch_tokens}")
-    if max_tokens is not None and max_tokens < 1:
-        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
-    if doc_offset < 0:
-        raise InputError("doc_offset must be >= 0")
+    check_budget(max_tokens, doc_offset)
 
 
 def _start(interface: ModelInterface, sites: list[Site], corpus: Corpus, cfg: StatsConfig, settings: _Settings,

@@ -69,7 +69,7 @@ class _FamilyRule:
     read: ReadMode
 
 
-# model_type (from the HF config) -> where its neurons live. Keep in sync with DESIGN.md "Neuron site".
+# model_type (from the HF config) -> where its neurons live. Keep in sync with docs/ARCHITECTURE.md "Site".
 FAMILY_RULES: dict[str, _FamilyRule] = {
     "gpt2": _FamilyRule("h", "mlp.act", "output"),
     "gptj": _FamilyRule("h", "mlp.act", "output"),

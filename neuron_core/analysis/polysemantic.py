@@ -52,7 +52,6 @@ from neuron_core.analysis.modes import (
     centroids,
     cluster,
     merge_and_score,
-    silhouette,
     view_scale,
 )
 from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron, Verdict
@@ -219,6 +218,15 @@ class _NullDraws:
 
 
 @dataclass
+class _Gathered:
+    """One chosen neuron and its corpus contexts (before any probe mode is added)."""
+
+    site: str
+    neuron: int
+    contexts: list[Context]
+
+
+@dataclass
 class _WorkSummary:
     """What the null needs of an analysed neuron: its set size (-1: too few contexts for a null), score and modes."""
 
@@ -283,7 +291,7 @@ class _DetectorPart:
             interface = ModelInterface.from_pretrained(model)
         self.detector = PolysemanticDetector(source, interface=interface, neurons=neurons, **kwargs)
 
-    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+    def prepare_part(self) -> tuple[_NullDraws | None, list[_WorkSummary]]:
         return self.detector.prepare_part()
 
     def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
@@ -476,8 +484,7 @@ class PolysemanticDetector:
         names, cents = self._stage("probes", self._probes)
         concept_cents = cents if self.config.merge_same_concept and len(names) else None
         probe_acts = self._stage("probe_selectivity", lambda: self._probe_selectivity(gathered))
-        work = self._stage("cluster", lambda: [self._analyse(site, neuron, ctxs, probe_acts, concept_cents)
-                                               for site, neuron, ctxs in gathered])
+        work = self._stage("cluster", lambda: [self._analyse(g, probe_acts, concept_cents) for g in gathered])
         draws = self._stage("null_inputs", lambda: self._draws(gathered, null_pool, concept_cents))
         return _Prepared(work, draws, names, cents)
 
@@ -502,7 +509,7 @@ class PolysemanticDetector:
             summaries = parts.call("prepare_part")
             self.timings["parts_prepare"] = time.perf_counter() - t0
             draws = next((d for d, _ in summaries if d is not None), None)
-            work = [_WorkSummary(size, score, n_modes) for _, ws in summaries for size, score, n_modes in ws]
+            work = [summary for _, part in summaries for summary in part]
             nulls = self._stage("null", lambda: self._nulls(draws, work))
             t0 = time.perf_counter()
             finished = parts.call("finish_part", nulls)
@@ -512,13 +519,13 @@ class PolysemanticDetector:
         return results
 
     # the two halves of a part's run (a Ray actor calls them; see :meth:`_run_in_parts`)
-    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+    def prepare_part(self) -> tuple[_NullDraws | None, list[_WorkSummary]]:
+        """The first half of a part's run: everything before the null; what the null needs of its neurons."""
         self._prepared = self._prepare()
-        cfg = self.config
-        return self._prepared.draws, [(null_size(w.n_corpus, cfg.min_contexts) if w.n_corpus >= cfg.min_contexts
-                                       else -1, float(w.score), len(w.clustering.modes)) for w in self._prepared.work]
+        return self._prepared.draws, [_WorkSummary.of(w, self.config) for w in self._prepared.work]
 
     def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
+        """The second half of a part's run, given the nulls computed over every part."""
         if self._prepared is None:
             raise RuntimeError("finish_part() before prepare_part()")
         return self._finish(self._prepared, nulls)
@@ -529,18 +536,18 @@ class PolysemanticDetector:
         self.timings[name] = time.perf_counter() - t0
         return out
 
-    def _gather(self) -> list[tuple[str, int, list[Context]]]:
+    def _gather(self) -> list[_Gathered]:
         cfg = self.config
-        gathered = [(site, neuron, self._contexts(site, neuron)) for site in self.site_names
+        gathered = [_Gathered(site, neuron, self._contexts(site, neuron)) for site in self.site_names
                     for neuron in self._neurons_for(site)]
-        if gathered and not any(len(c) >= cfg.min_contexts for _, _, c in gathered):
-            most = max(len(c) for _, _, c in gathered)
+        if gathered and not any(len(g.contexts) >= cfg.min_contexts for g in gathered):
+            most = max(len(g.contexts) for g in gathered)
             raise CorpusTooSmallError(
                 f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "
                 f"(a few hundred tokens at least) or lower DetectorConfig.min_contexts")
         return gathered
 
-    def _embed_all(self, gathered: list[tuple[str, int, list[Context]]]) -> list[Context]:
+    def _embed_all(self, gathered: list[_Gathered]) -> list[Context]:
         """Embed every context once (the embedder caches), the null's random pool too. The embedding's reference
         (the subject embedder's standardisation, the views' random-pair scale) comes from a fixed draw of random
         contexts, the same whatever the seed: it is a property of the site, and a seed that moved it would move
@@ -562,7 +569,7 @@ class PolysemanticDetector:
         randoms = {(c.text, c.start, c.end): c for c in reference + null_pool}
         if randoms:
             self._views(list(randoms.values()))
-        unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
+        unique = {(c.text, c.start, c.end): c for g in gathered for c in g.contexts}
         if unique:
             self._views([c for key, c in unique.items() if key not in randoms])
         if len(reference) >= 2:
@@ -586,7 +593,7 @@ class PolysemanticDetector:
         X, W, C = self._views(ctxs)
         return X, ModeEvidence.of(ctxs, W, C, self._scale)
 
-    def _probe_selectivity(self, gathered: list[tuple[str, int, list[Context]]]) -> dict[str, Any]:
+    def _probe_selectivity(self, gathered: list[_Gathered]) -> dict[str, Any]:
         """Per site, each analysed neuron's response to the probes' held-out spans (with a model interface)."""
         cfg = self.config
         if not cfg.probe_modes or self.interface is None:
@@ -594,15 +601,14 @@ class PolysemanticDetector:
         from neuron_core.analysis.probes import ProbeActivations
 
         wanted: dict[str, list[int]] = {}
-        for site, neuron, ctxs in gathered:
-            if len(ctxs) >= cfg.min_contexts:
-                wanted.setdefault(site, []).append(neuron)
+        for g in gathered:
+            if len(g.contexts) >= cfg.min_contexts:
+                wanted.setdefault(g.site, []).append(g.neuron)
         return ProbeActivations.compute(self.interface, wanted, self._probe_sets()) if wanted else {}
 
-    def _analyse(self, site: str, neuron: int, ctxs: list[Context], probe_acts: dict[str, Any],
-                 concept_cents: np.ndarray | None) -> _Work:
+    def _analyse(self, g: _Gathered, probe_acts: dict[str, Any], concept_cents: np.ndarray | None) -> _Work:
         """Cluster one neuron's contexts, add the modes only the probes show, merge into concepts, score."""
-        cfg = self.config
+        cfg, site, neuron, ctxs = self.config, g.site, g.neuron, g.contexts
         X, ev = self._evidence(ctxs)
         values = np.array([c.value for c in ctxs])
         sampled = np.array([c.sampled for c in ctxs], dtype=float)
@@ -613,11 +619,11 @@ class PolysemanticDetector:
                                                               concept_cents)
         return w
 
-    def _draws(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
+    def _draws(self, gathered: list[_Gathered], null_pool: list[Context],
                concept_cents: np.ndarray | None) -> _NullDraws | None:
         """What the null sets are drawn from: the pool's embeddings and the value sets (None: no null possible)."""
         cfg = self.config
-        known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before probe modes
+        known = {(g.site, g.neuron): g.contexts for g in gathered}  # corpus contexts, before probe modes
         usable = [ctxs for ctxs in known.values() if len(ctxs) >= cfg.min_contexts]
         value_sets = [v for v in self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
                       if v.size]
@@ -711,8 +717,7 @@ class PolysemanticDetector:
         w.X = np.concatenate([w.X, X2])
         w.evidence = w.evidence.extend(ev2)
         w.values = np.concatenate([w.values, [x.value for x in new_ctx]])
-        w.clustering = Clustering(np.concatenate([c.labels, new_labels]), modes, 0.0, shares, weights)
-        w.clustering.silhouette = silhouette(w.X, w.clustering)
+        w.clustering = Clustering.of(w.X, np.concatenate([c.labels, new_labels]), modes, shares, weights)
 
     def _null_values(self, known: dict[tuple[str, int], list[Context]]) -> list[np.ndarray]:
         """The activation values of the strong contexts of ``null_value_neurons`` neurons drawn at random (seeded)
