@@ -31,16 +31,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from neuron_core.batching import DocCounts, context_limit, corpus_segments
 from neuron_core.corpus import Corpus
 from neuron_core.distributed import Executor, check_executor, portable_model, run_tasks
 from neuron_core.errors import EmptyInputError, InputError
-
-if TYPE_CHECKING:
-    from neuron_core.interface import ModelInterface
-    from neuron_core.profile import NeuronProfile
+from neuron_core.interface import ModelInterface
+from neuron_core.neuron_profile import NeuronProfile
+from neuron_core.profile_local import profile_local
 
 __all__ = ["ShardSpec", "plan_shards", "profile_sharded"]
 
@@ -127,8 +126,6 @@ def _worker_model(model: Any, device: str) -> Any:
     """The task's model: loaded once per worker process when given by name."""
     if not isinstance(model, str):
         return model
-    from neuron_core.interface import ModelInterface
-
     key = (model, device)
     if key not in _WORKER_MODELS:
         _WORKER_MODELS[key] = ModelInterface.from_pretrained(model, device=device)
@@ -137,10 +134,8 @@ def _worker_model(model: Any, device: str) -> Any:
 
 def _profile_shard(task: _ShardTask) -> NeuronProfile:
     """One shard, from its checkpoint if an earlier try left one (a Ray task: module level)."""
-    from neuron_core.profile import profile
-
     corpus = Corpus(name=f"{task.corpus_name}[{task.spec.doc_start}:{task.spec.doc_stop}]", _docs=task.docs)
-    return profile(_worker_model(task.model, task.device), task.sites, corpus, doc_offset=task.spec.doc_start,
+    return profile_local(_worker_model(task.model, task.device), task.sites, corpus, doc_offset=task.spec.doc_start,
                    max_tokens=task.spec.max_tokens, checkpoint=task.checkpoint, resume=True, progress=False,
                    **task.options)
 
