@@ -24,7 +24,8 @@ from torch import nn
 from neuron_core.errors import EmptyInputError, InputError, TextTooLongError
 
 __all__ = ["Segment", "Batch", "Overflow", "encode_texts", "encode_one", "make_batches", "pad_token_id",
-           "to_device", "batch_contexts", "check_budget", "context_limit", "DocCounts", "corpus_segments"]
+           "to_device", "batch_contexts", "check_budget", "context_limit", "DocCounts", "corpus_segments",
+           "TokenStrings"]
 
 Overflow = Literal["error", "truncate", "window"]
 
@@ -288,3 +289,30 @@ def corpus_segments(corpus: Any, start: int, tokenizer: Any, context: int | None
         if segments[0].truncated:
             counts.truncated += 1
         yield from segments
+
+
+class TokenStrings:
+    """Readable text of token ids, decoded one by one with ``source.tokenizer`` (a LoadedModel, a KerasModel) and
+    cached; without a tokenizer an id reads as its number. ``tokens(ids)``; ``tokens.vocab()`` for every id."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        tok = self.source.tokenizer
+        out: list[str] = []
+        for i in ids:
+            text = self._cache.get(i)
+            if text is None:
+                text = tok.decode([i]) if tok is not None else str(i)
+                self._cache[i] = text
+            out.append(text)
+        return out
+
+    def vocab(self) -> list[str]:
+        """Readable text of every token id in the vocabulary, indexed by id (empty without a tokenizer)."""
+        tok = self.source.tokenizer
+        if tok is None:
+            return []
+        return self(list(range(len(tok))))

@@ -32,12 +32,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from neuron_core.batching import Overflow, batch_contexts, check_budget, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import (
+    Batch,
+    Overflow,
+    TokenStrings,
+    batch_contexts,
+    check_budget,
+    encode_texts,
+    make_batches,
+    pad_token_id,
+)
 from neuron_core.errors import (
     EmptyInputError,
     FrameworkNotAvailableError,
@@ -46,14 +55,12 @@ from neuron_core.errors import (
     UnsupportedModelError,
 )
 from neuron_core.neuron_profile import NeuronProfile, ProfileMeta
+from neuron_core.record import ActivationRecord
 from neuron_core.sites import Site, resolve_all
 from neuron_core.stats import SiteStats, StatsConfig
 
-if TYPE_CHECKING:
-    from neuron_core.capture import ActivationRecord
-    from neuron_core.interface import ModelInterface
-
-__all__ = ["KerasModel", "KerasSiteResolver", "capture_keras", "profile_keras", "import_keras", "INSTALL_HINT"]
+__all__ = ["KerasModel", "KerasBackend", "KerasSiteResolver", "capture_keras", "profile_keras", "import_keras",
+           "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'neuron-workbench[tensorflow]'"
 _MASK_KEYS = ("attention_mask", "padding_mask", "mask")
@@ -215,8 +222,14 @@ class KerasSiteResolver:
     def mlp_site(self, layer: int) -> Site:
         raise UnsupportedModelError("Keras models have no canonical MLP sites; name the layers to read")
 
+    def d_mlp(self) -> int | None:
+        return None
+
     def block_order(self, site: Site) -> int | None:
         return None
+
+    def block_module(self, index: int) -> Any:
+        raise UnsupportedModelError("Keras models have no list of blocks")
 
     def module(self, site: Site) -> Any:
         return self.entries[site.module_path].layer
@@ -517,19 +530,18 @@ def _feed(km: KerasModel, main: np.ndarray, mask: np.ndarray | None, extras: dic
     return [v for _, v in values]
 
 
-def _prepare(interface: ModelInterface, inputs: Any, *, batch_size: int | None, doc_base: int,
+def _prepare(km: KerasModel, inputs: Any, *, batch_size: int | None, doc_base: int,
              max_length: int | None, overflow: Overflow, padding_side: Literal["left", "right"]) -> _Prepared:
     """Turn any accepted input into padded batches with their document ids; fails before any model work."""
-    km: KerasModel = interface.loaded  # type: ignore[assignment]
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if padding_side not in ("left", "right"):
         raise InputError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     fixed = km.context_length
-    pad = pad_token_id(interface.tokenizer)
+    pad = pad_token_id(km.tokenizer)
     if _is_text(inputs):
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        segments = encode_texts(interface.tokenizer, texts, context_length=fixed, overflow=overflow,
+        segments = encode_texts(km.tokenizer, texts, context_length=fixed, overflow=overflow,
                                 max_length=max_length)
         batches = []
         for b in make_batches(segments, batch_size=batch_size or len(segments), pad_id=pad,
@@ -637,27 +649,66 @@ def _acts(arr: np.ndarray, keep: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(grid[keep], dtype=np.float32))  # [n, F]
 
 
-def _keras_interface(model: Any, tokenizer: Any = None) -> ModelInterface:
-    from neuron_core.interface import ModelInterface
+class KerasBackend:
+    """A Keras model behind a :class:`~neuron_core.interface.ModelInterface`: its layers as sites, and capture
+    through a derived sub-model (or call interception); the twin of :class:`neuron_core.torch_backend.TorchBackend`.
+    """
 
-    if isinstance(model, ModelInterface):
-        if model.framework != "tensorflow":
-            raise InputError("this function reads Keras models; wrap the model with framework='tensorflow'")
-        return model
-    return ModelInterface(model, framework="tensorflow", tokenizer=tokenizer)
+    framework = "tensorflow"
+
+    def __init__(self, km: KerasModel) -> None:
+        self.loaded = km
+        self.tokens = TokenStrings(km)
+
+    @property
+    def resolver(self) -> KerasSiteResolver:
+        return self.loaded.resolver
+
+    def layer_names(self) -> list[str]:
+        return self.loaded.layer_names()
+
+    def module_names(self) -> list[str]:
+        return self.loaded.module_names()
+
+    def capture(self, inputs: Any, sites: list[Site], target: torch.device, *, max_length: int | None,
+                overflow: Overflow, batch_size: int, padding_side: Literal["left", "right"],
+                stop_early: bool) -> ActivationRecord:
+        """Activations of ``sites`` on ``inputs`` (on the host: Keras records live there; no early stop)."""
+        return _capture(self, inputs, sites, batch_size=batch_size, max_length=max_length, overflow=overflow,
+                        padding_side=padding_side)
+
+    @contextmanager
+    def trace(self, choose: Callable[[], list[Site]], target: torch.device) -> Iterator[ActivationRecord]:
+        raise InputError("trace() reads PyTorch hooks and is not available for Keras models; "
+                         "use monitor.capture(inputs) instead")
+        yield  # a generator, for @contextmanager  # pragma: no cover
+
+
+def _keras_backend(model: Any, tokenizer: Any = None) -> KerasBackend:
+    """The Keras backend of a ModelInterface built with framework='tensorflow', or of a Keras model."""
+    backend = getattr(model, "backend", None)
+    if isinstance(backend, KerasBackend):
+        return backend
+    if backend is not None and hasattr(model, "loaded"):
+        raise InputError("this function reads Keras models; wrap the model with framework='tensorflow'")
+    return KerasBackend(KerasModel(model, tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------------- public
-def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[str | int | Site] | str | int,
+def capture_keras(interface: Any, inputs: Any, sites: Sequence[str | int | Site] | str | int,
                   *, batch_size: int = 8, max_length: int | None = None, overflow: Overflow = "error",
                   padding_side: Literal["left", "right"] = "right") -> ActivationRecord:
-    """Activations of ``sites`` on ``inputs``, kept whole (what ``ActivationMonitor.capture`` does for Keras)."""
-    from neuron_core.capture import ActivationRecord
+    """Activations of ``sites`` on ``inputs``, kept whole (what ``ActivationMonitor.capture`` does for Keras).
+    ``interface``: a ModelInterface built with ``framework="tensorflow"``, or a Keras model."""
+    backend = _keras_backend(interface)
+    return _capture(backend, inputs, backend.resolver.resolve_many(sites), batch_size=batch_size,
+                    max_length=max_length, overflow=overflow, padding_side=padding_side)
 
-    iface = _keras_interface(interface)
-    km: KerasModel = iface.loaded  # type: ignore[assignment]
-    chosen = km.resolver.resolve_many(sites)
-    prepared = _prepare(iface, inputs, batch_size=batch_size, doc_base=0, max_length=max_length,
+
+def _capture(backend: KerasBackend, inputs: Any, chosen: list[Site], *, batch_size: int, max_length: int | None,
+             overflow: Overflow, padding_side: Literal["left", "right"]) -> ActivationRecord:
+    km = backend.loaded
+    prepared = _prepare(km, inputs, batch_size=batch_size, doc_base=0, max_length=max_length,
                         overflow=overflow, padding_side=padding_side)
     parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
     facts: list[_Rows] = []
@@ -671,7 +722,7 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
             parts[name].append(_acts(arr, rows.keep))
     ids = torch.from_numpy(np.concatenate([f.ids for f in facts]))
     if bool((ids >= 0).all()):
-        tokens = iface.token_strings(ids.tolist())
+        tokens = backend.tokens(ids.tolist())
     else:
         tokens = [f"row{i}" for i in range(ids.numel())]
     return ActivationRecord(
@@ -681,14 +732,14 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
         doc_ids=torch.from_numpy(np.concatenate([f.doc for f in facts])),
         positions=torch.from_numpy(np.concatenate([f.pos for f in facts])),
         texts=prepared.texts,
-        model_name=iface.name,
+        model_name=km.name,
         truncated=prepared.truncated,
         overflow=overflow,
-        _resolver=km.resolver,  # type: ignore[arg-type]
+        _resolver=km.resolver,
     )
 
 
-def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | Site] | str | int,
+def profile_keras(interface: Any, sites: Sequence[str | int | Site] | str | int,
                   batches: Iterable[Any], *, top_k: int = 32, bottom_k: int = 8, n_samples: int = 32,
                   active_threshold: float = 0.0, config: StatsConfig | None = None, max_tokens: int | None = None,
                   doc_offset: int = 0, batch_size: int | None = None, max_length: int | None = None,
@@ -703,13 +754,13 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     """
     from tqdm.auto import tqdm
 
-    iface = _keras_interface(interface)
-    km: KerasModel = iface.loaded  # type: ignore[assignment]
+    backend = _keras_backend(interface)
+    km = backend.loaded
     chosen = km.resolver.resolve_many(sites)
     check_budget(max_tokens, doc_offset)
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
-    meta = ProfileMeta(model=iface.name, family=km.family, framework="tensorflow", n_layers=km.n_layers,
+    meta = ProfileMeta(model=km.name, family=km.family, framework="tensorflow", n_layers=km.n_layers,
                        corpus=corpus_name, corpus_fingerprint=None, doc_offset=doc_offset, batch_size=batch_size,
                        max_tokens=max_tokens, overflow=overflow).as_dict()
     run = _KerasProfiler(km, chosen, cfg, meta, max_tokens)
@@ -721,7 +772,7 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
         for item in batches:
             if run.spent():
                 break
-            prepared = _prepare(iface, item, batch_size=batch_size, doc_base=doc_base, max_length=max_length,
+            prepared = _prepare(km, item, batch_size=batch_size, doc_base=doc_base, max_length=max_length,
                                 overflow=overflow, padding_side="right")
             doc_base += prepared.n_docs
             meta["n_truncated_docs"] += len(prepared.truncated)
@@ -732,8 +783,8 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     if meta["n_tokens"] == 0:
         raise EmptyInputError("the batches produced no activations")
     meta["complete"] = True
-    if iface.tokenizer is not None:
-        vocab = iface.vocab_strings()
+    if km.tokenizer is not None:
+        vocab = backend.tokens.vocab()
     else:
         vocab = [str(i) for i in range(run.max_id + 1)]  # token ids shown as their numbers, as in records
     return NeuronProfile(run.stats, meta, vocab, {s.name: s for s in chosen})
@@ -797,8 +848,6 @@ def _rows_subset(rows: _Rows, budget: np.ndarray) -> _Rows:
 
 def _contexts(batch: _Batch, keep: np.ndarray, cfg: StatsConfig, windows: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Token-id windows around every kept token: [n, W] int32, -1 outside the document."""
-    from neuron_core.batching import Batch
-
     real = batch.mask if batch.mask is not None else np.ones(keep.shape, dtype=bool)  # [B, T]
     ids = batch.ids if batch.ids is not None else np.full(keep.shape, -1, np.int64)
     ids_t = torch.from_numpy(np.where(real, ids, -1))  # [B, T]; -1 outside documents

@@ -7,14 +7,9 @@ Usage::
     site = resolver.resolve("layer 6")        # Site(name='blocks.6.mlp.hook_post', module_path=..., read='output')
     resolver.resolve("transformer.h.6.attn")  # any raw submodule: its output is read
 
-Neurons are written for people as ``L6/N12`` (:class:`NeuronRef`)::
-
-    ref = NeuronRef.parse("l6/n12")           # NeuronRef(layer=6, index=12, site='blocks.6.mlp.hook_post')
-    str(ref)                                  # 'L6/N12'
-    str(NeuronRef.at("blocks.6.mlp.hook_post", 12)), str(NeuronRef.at("transformer.h.6.attn", 3))
-    # 'L6/N12', 'transformer.h.6.attn/N3'
-
-This module is the one home of site and neuron names: every other module parses and formats them through it.
+Neurons are written ``L6/N12`` for people: ``NeuronRef.parse("l6/n12")`` -> ``NeuronRef(layer=6, index=12,
+site='blocks.6.mlp.hook_post')``, ``str(ref) == 'L6/N12'``; ``str(NeuronRef.at("transformer.h.6.attn", 3)) ==
+'transformer.h.6.attn/N3'``. This module is the one home of site and neuron names: all others go through it.
 
 Canonical names follow TransformerLens (``blocks.{i}.mlp.hook_post``). Shorthand accepted: ``mlp.6``, ``6``,
 ``layer 6``, ``L6``, ``-1`` (counted from the end). What a canonical site reads depends on the family: GPT-2 the output
@@ -352,6 +347,10 @@ class SiteResolver:
 
     def module(self, site: Site) -> nn.Module:
         return self._modules[site.module_path]
+
+    def block_module(self, index: int) -> nn.Module:
+        """Block ``index`` itself (where an early stop is hooked)."""
+        return self.model.get_submodule(f"{self._blocks_path}.{index}")
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, name: str | int | Site) -> Site:
