@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from neuron_core.errors import InputError, ProfileMismatchError, UnknownSiteError
-from neuron_core.sites import Site, find_site_name
+from neuron_core.sites import Site, SiteKeyed, find_site_name
 from neuron_core.stats import ExampleSet, SiteStats
 from neuron_core.store import atomic_dir, atomic_write_json
 
@@ -193,7 +193,7 @@ class SiteProfile:
         })
 
 
-class NeuronProfile:
+class NeuronProfile(SiteKeyed):
     """Per-site streaming statistics of a corpus, plus what is needed to read them (vocab, meta).
 
     ``site_stats``: site name -> :class:`SiteStats`; ``site_names``: the profiled site names; ``site_objects``: site
@@ -229,13 +229,6 @@ class NeuronProfile:
     def __getitem__(self, site: str | int | Site) -> SiteProfile:
         key = self.key(site)
         return SiteProfile(key, self.site_stats[key], self.vocab)
-
-    def __contains__(self, site: object) -> bool:
-        try:
-            self.key(site)  # type: ignore[arg-type]
-        except UnknownSiteError:
-            return False
-        return True
 
     # -- combine --------------------------------------------------------------------------------------------
     def merge(self, other: NeuronProfile) -> NeuronProfile:

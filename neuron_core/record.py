@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from neuron_core.errors import InputError, UnknownSiteError
-from neuron_core.sites import Site
+from neuron_core.sites import Site, SiteKeyed
 
 if TYPE_CHECKING:
     from neuron_core.backend import Resolver
@@ -25,7 +25,7 @@ __all__ = ["ActivationRecord"]
 
 
 @dataclass
-class ActivationRecord:
+class ActivationRecord(SiteKeyed):
     """Activations of a few texts, kept whole.
 
     ``record[site]`` is a float tensor [n_tokens, n_neurons] (padding removed, texts concatenated in order); the
@@ -60,13 +60,6 @@ class ActivationRecord:
 
     def __len__(self) -> int:
         return len(self.tokens)
-
-    def __contains__(self, site: object) -> bool:
-        try:
-            self.key(site)  # type: ignore[arg-type]
-        except UnknownSiteError:
-            return False
-        return True
 
     def key(self, site: str | int | Site) -> str:
         """The captured site name ``site`` stands for (a shorthand, a Site or the name itself)."""

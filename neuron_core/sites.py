@@ -32,7 +32,7 @@ from torch import nn
 from neuron_core.errors import UnknownSiteError, UnsupportedModelError
 
 __all__ = ["Site", "SiteResolver", "FAMILY_RULES", "NeuronRef", "canonical_site_name", "parse_neuron_ref",
-           "layer_of_site_name", "find_site_name", "neuron_ref", "site_label", "CANONICAL_SITE_RE",
+           "layer_of_site_name", "find_site_name", "SiteKeyed", "neuron_ref", "site_label", "CANONICAL_SITE_RE",
            "SITE_SHORTHAND_RES"]
 
 ReadMode = Literal["output", "input"]
@@ -66,25 +66,18 @@ class _FamilyRule:
 
 # model_type (from the HF config) -> where its neurons live. Keep in sync with docs/ARCHITECTURE.md "Site".
 FAMILY_RULES: dict[str, _FamilyRule] = {
-    "gpt2": _FamilyRule("h", "mlp.act", "output"),
-    "gptj": _FamilyRule("h", "mlp.act", "output"),
-    "gpt_neo": _FamilyRule("h", "mlp.act", "output"),
+    **dict.fromkeys(("gpt2", "gptj", "gpt_neo"), _FamilyRule("h", "mlp.act", "output")),
     "gpt_neox": _FamilyRule("layers", "mlp.act", "output"),
-    "bert": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "roberta": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "xlm-roberta": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "electra": _FamilyRule("encoder.layer", "intermediate", "output"),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra"),
+                    _FamilyRule("encoder.layer", "intermediate", "output")),
     "distilbert": _FamilyRule("transformer.layer", "ffn.lin2", "input"),
     "opt": _FamilyRule("layers", "fc2", "input"),
     "phi": _FamilyRule("layers", "mlp.fc2", "input"),
-    "falcon": _FamilyRule("h", "mlp.dense_4h_to_h", "input"),
-    "bloom": _FamilyRule("h", "mlp.dense_4h_to_h", "input"),
+    **dict.fromkeys(("falcon", "bloom"), _FamilyRule("h", "mlp.dense_4h_to_h", "input")),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3",
+                     "granite", "smollm3", "stablelm", "cohere", "starcoder2_gated"),
+                    _FamilyRule("layers", "mlp.down_proj", "input")),  # gated MLPs: act(gate) * up
 }
-for _gated in (
-    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3",
-    "granite", "smollm3", "stablelm", "cohere", "starcoder2_gated",
-):
-    FAMILY_RULES[_gated] = _FamilyRule("layers", "mlp.down_proj", "input")
 
 # Names of down projections, for families without a rule: (name, read)
 _DOWN_PROJ_NAMES = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "lin2", "wo")
@@ -111,28 +104,36 @@ def layer_of_site_name(name: str | Site) -> int | None:
     """The layer a site name stands for: ``'blocks.6.mlp.hook_post'``, ``'layer 6'``, ``'L6'``, ``'-1'`` -> 6, 6,
     6, -1 (negative: counted from the end); None for any other name (a raw module path)."""
     text = (name.name if isinstance(name, Site) else str(name)).strip()
-    for pattern in (CANONICAL_SITE_RE, *SITE_SHORTHAND_RES):
-        match = pattern.match(text)
-        if match is not None:
-            return int(match.group(1))
-    return None
+    matches = (m for pattern in (CANONICAL_SITE_RE, *SITE_SHORTHAND_RES) if (m := pattern.match(text)) is not None)
+    return next((int(m.group(1)) for m in matches), None)
+
+
+class SiteKeyed:
+    """A container keyed by site name (a profile, a record): ``site in container`` when :meth:`key` finds it."""
+
+    def key(self, site: str | int | Site) -> str:  # the container's own name for ``site``, or UnknownSiteError
+        raise NotImplementedError
+
+    def __contains__(self, site: object) -> bool:
+        try:
+            self.key(site)  # type: ignore[arg-type]
+        except UnknownSiteError:
+            return False
+        return True
 
 
 def find_site_name(site: str | int | Site, names: Iterable[str], n_layers: int = 0) -> str | None:
-    """The name among ``names`` (e.g. a profile's sites) that ``site`` stands for: the name itself, or the canonical
-    name of the layer it writes (negative layers counted from the end when ``n_layers`` is known); else None."""
+    """The name among ``names`` that ``site`` stands for: itself, or its layer's canonical name (negative layers
+    counted from the end when ``n_layers`` is known); else None."""
     known = list(names)
-    if isinstance(site, Site):
-        site = site.name
-    if isinstance(site, str) and site in known:
-        return site
-    layer = layer_of_site_name(str(site))
-    if layer is None:
-        return None
-    if layer < 0 and n_layers:
+    name = site.name if isinstance(site, Site) else site
+    if isinstance(name, str) and name in known:
+        return name
+    layer = layer_of_site_name(str(name))
+    if layer is not None and layer < 0 and n_layers:
         layer += n_layers
-    name = canonical_site_name(layer)
-    return name if name in known else None
+    canonical = None if layer is None else canonical_site_name(layer)
+    return canonical if canonical in known else None
 
 
 def site_label(site: str | Site) -> str:
@@ -147,11 +148,8 @@ _NEURON_RE = re.compile(r"^\s*(?:L|layer\s*|blocks\.)?(-?\d+)\s*(?:/|:|\.|,\s*)\
 
 @dataclass(frozen=True)
 class NeuronRef:
-    """One neuron: its layer (None for a site that is not a numbered layer), its index and its site's name.
-
-    ``str(ref)`` is the form for people: ``L6/N12``, or ``<site name>/N12`` for a site that is not a layer.
-    ``site`` defaults to the layer's canonical site name.
-    """
+    """One neuron: its layer (None for a site that is not a numbered layer), its index and its site's name (by
+    default the layer's canonical one). ``str(ref)`` is the form for people: ``L6/N12``, or ``<site name>/N12``."""
 
     layer: int | None
     index: int
@@ -189,8 +187,7 @@ class NeuronRef:
 
     @property
     def pair(self) -> tuple[int, int]:
-        """``(layer, index)``; ValueError for a neuron of a site that is not a layer."""
-        if self.layer is None:
+        if self.layer is None:  # (layer, index) exists for neurons of numbered layers only
             raise ValueError(f"{self} is not on a numbered layer")
         return self.layer, self.index
 
