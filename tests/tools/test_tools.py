@@ -148,6 +148,14 @@ def test_detect_describe_figures_dashboard(tiny_ctx):
     assert dash.ok and (tiny_ctx.run.root / dash.result.artifact).exists() and len(dash.result.pages) == 3
 
 
+def test_nothing_was_written_outside_the_run_folder(tiny_ctx):
+    # tools that write (a table, a dashboard), called here: whichever tests run, and in any order, this one writes
+    # something; the context's teardown checks the same after all of them
+    assert call_tool(tiny_ctx, "neuron_stats", {"layer": 1, "top": 3}).ok
+    assert call_tool(tiny_ctx, "make_dashboard", {"max_pages": 1}).ok
+    assert sorted(p.name for p in tiny_ctx.run.root.parent.iterdir()) == ["corpus.txt", "run"]
+
+
 def test_unavailable_model_is_an_unrecoverable_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ctx = ToolContext(RunFolder(tmp_path / "run"))
