@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from neuron_core.sites import NeuronRef
+
 __all__ = ["Plan", "PlanError", "parse_request", "validate_plan", "refine_plan", "ANALYSES", "MAX_LAYERS",
            "REFINABLE", "NEURON_REF", "NEURON_OF_LAYER"]
 
@@ -56,9 +58,7 @@ class Plan(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
     def neuron_pairs(self) -> list[tuple[int, int]]:
-        from neuron_core.sites import parse_neuron_ref
-
-        return [parse_neuron_ref(r) for r in self.neurons]
+        return [NeuronRef.parse(r).pair for r in self.neurons]
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -117,13 +117,43 @@ def parse_request(text: str, *, default_model: str | None = None, max_tokens: in
     if not request:
         raise PlanError("the request is empty; try: investigate layer 6 of smollm2-135m")
     notes: list[str] = []
-    # corpus first, so that its path is not read as a model name
-    corpus = None
+    corpus = _find_corpus(request)  # first, so that its path is not read as a model name
+    neurons = _find_neurons(request, corpus)
+    layers = _find_layers(request, neurons)
+    model = _find_model(request, corpus)
+    if model is None:
+        if default_model is None:
+            raise PlanError(f"which model? the request {request!r} names none; say e.g. 'of smollm2-135m'")
+        model = default_model
+        notes.append(f"the request names no model; using {default_model}")
+    tm = _TOKENS.search(request)
+    if tm:
+        max_tokens = _number(tm.group(1), tm.group(2))
+    nm2 = _TOP_NEURONS.search(request)
+    if nm2:
+        max_neurons = int(nm2.group(1))
+    intent: Literal["investigate", "explain"] = "explain" if neurons and (_EXPLAIN.search(request) or not
+                                                                         re.search(r"polysemantic", request, re.I)) \
+        else "investigate"
+    refs = [str(NeuronRef(layer, n)) for layer, n in dict.fromkeys(neurons)]
+    try:
+        return Plan(request=request, intent=intent, model=model, layers=layers, neurons=refs,
+                    corpus=corpus or "builtin", max_tokens=max_tokens, max_neurons=max_neurons, top_n=top_n,
+                    notes=notes)
+    except ValidationError as exc:
+        raise PlanError(_validation_words(exc)) from None
+
+
+def _find_corpus(request: str) -> str | None:
     m = _CORPUS.search(request) or _FILE.search(request)
-    if m:
-        corpus = _strip_punct(m.group(1))
-        if corpus.lower() == "built-in":
-            corpus = "builtin"
+    if not m:
+        return None
+    corpus = _strip_punct(m.group(1))
+    return "builtin" if corpus.lower() == "built-in" else corpus
+
+
+def _find_neurons(request: str, corpus: str | None) -> list[tuple[int, int]]:
+    """(layer, neuron) pairs the request names: 'neuron 12 of layer 6', 'layer 6, neuron 12', 'L6/N12'."""
     neurons: list[tuple[int, int]] = []
     for pattern, order in ((NEURON_OF_LAYER, (2, 1)), (_LAYER_NEURON, (1, 2))):
         for nm in pattern.finditer(request):
@@ -132,6 +162,11 @@ def parse_request(text: str, *, default_model: str | None = None, max_tokens: in
         if corpus and nm.group(0) in corpus:
             continue
         neurons.append((int(nm.group(1)), int(nm.group(2))))
+    return neurons
+
+
+def _find_layers(request: str, neurons: list[tuple[int, int]]) -> list[int]:
+    """The layers the request names (ranges, lists, single layers, 'last'), and its neurons' layers."""
     layers: list[int] = []
     for rm in _RANGE.finditer(request):
         lo, hi = int(rm.group(1)), int(rm.group(2))
@@ -155,28 +190,7 @@ def parse_request(text: str, *, default_model: str | None = None, max_tokens: in
                         "'neuron 6/1234'")
     if len(layers) > MAX_LAYERS:
         raise PlanError(f"{len(layers)} layers asked for; one run profiles at most {MAX_LAYERS}")
-    model = _find_model(request, corpus)
-    if model is None:
-        if default_model is None:
-            raise PlanError(f"which model? the request {request!r} names none; say e.g. 'of smollm2-135m'")
-        model = default_model
-        notes.append(f"the request names no model; using {default_model}")
-    tm = _TOKENS.search(request)
-    if tm:
-        max_tokens = _number(tm.group(1), tm.group(2))
-    nm2 = _TOP_NEURONS.search(request)
-    if nm2:
-        max_neurons = int(nm2.group(1))
-    intent: Literal["investigate", "explain"] = "explain" if neurons and (_EXPLAIN.search(request) or not
-                                                                         re.search(r"polysemantic", request, re.I)) \
-        else "investigate"
-    refs = [f"L{layer}/N{n}" for layer, n in dict.fromkeys(neurons)]
-    try:
-        return Plan(request=request, intent=intent, model=model, layers=layers, neurons=refs,
-                    corpus=corpus or "builtin", max_tokens=max_tokens, max_neurons=max_neurons, top_n=top_n,
-                    notes=notes)
-    except ValidationError as exc:
-        raise PlanError(_validation_words(exc)) from None
+    return layers
 
 
 def _validation_words(exc: ValidationError) -> str:
@@ -211,7 +225,7 @@ def validate_plan(plan: Plan, *, n_layers: int, d_mlp: int | None, model_name: s
         if d_mlp is not None and not 0 <= neuron < d_mlp:
             raise PlanError(f"neuron {layer}/{neuron} is out of range: layer {index} of {name} has {d_mlp} neurons "
                             f"(0-{d_mlp - 1})")
-        neurons.append(f"L{index}/N{neuron}")
+        neurons.append(str(NeuronRef(index, neuron)))
     corpus = plan.corpus
     if corpus not in ("builtin", "default") and not corpus.startswith("hf:"):
         path = Path(corpus).expanduser()

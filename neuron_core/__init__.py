@@ -37,7 +37,7 @@ from neuron_core.interface import ModelInterface
 from neuron_core.live import LiveMonitor, SiteSummary, StatsCallback, StatsSummary, StepActivations
 from neuron_core.models import LoadedModel, load_model
 from neuron_core.profile import Example, NeuronProfile, SiteProfile, profile
-from neuron_core.sites import Site, parse_neuron_ref
+from neuron_core.sites import NeuronRef, Site, parse_neuron_ref
 from neuron_core.stats import SiteStats, StatsConfig
 from neuron_core.store import RunFolder
 
@@ -78,5 +78,6 @@ __all__ = [
     "load_model",
     "load_probes",
     "parse_neuron_ref",
+    "NeuronRef",
     "profile",
 ]

@@ -24,7 +24,8 @@ from torch import nn
 from neuron_core.errors import EmptyInputError, InputError, TextTooLongError
 
 __all__ = ["Segment", "Batch", "Overflow", "encode_texts", "encode_one", "make_batches", "pad_token_id",
-           "to_device"]
+           "to_device", "batch_contexts", "check_budget", "context_limit", "DocCounts", "corpus_segments",
+           "TokenStrings"]
 
 Overflow = Literal["error", "truncate", "window"]
 
@@ -232,3 +233,86 @@ def _collate(chunk: list[Segment], pad_id: int, padding_side: str) -> Batch:
     doc_ids = torch.tensor([s.doc_id for s in chunk], dtype=torch.long)
     starts = torch.tensor([s.start for s in chunk], dtype=torch.long)
     return Batch(ids, mask, positions, doc_ids, starts, padding_side)
+
+
+def batch_contexts(batch: Batch, before: int, after: int, select: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-id windows around every real token (or those of ``select`` [B, T]): [n, before + 1 + after] int32,
+    -1 outside the document."""
+    ids = torch.where(batch.mask, batch.input_ids, -1).to(torch.int32)  # [B, T]
+    padded = torch.nn.functional.pad(ids, (before, after), value=-1)  # [B, before + T + after]
+    windows = padded.unfold(1, before + 1 + after, 1)  # [B, T, W]
+    return windows[batch.mask if select is None else select]  # [n, W]
+
+
+def check_budget(max_tokens: int | None, doc_offset: int) -> None:
+    """InputError unless ``max_tokens`` (None: no budget) and ``doc_offset`` are possible."""
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
+    if doc_offset < 0:
+        raise InputError("doc_offset must be >= 0")
+
+
+def context_limit(model_context: int | None, max_length: int | None) -> int | None:
+    """The longest segment a document is cut into: the model's context, or ``max_length`` if shorter."""
+    if max_length is None:
+        return model_context
+    return min(max_length, model_context) if model_context else max_length
+
+
+@dataclass
+class DocCounts:
+    """What reading a corpus into segments has met so far: the last document read, how many were skipped (empty)
+    and how many truncated. Skipped documents are counted, never silently lost."""
+
+    last_doc: int = -1
+    skipped: int = 0
+    truncated: int = 0
+
+
+def corpus_segments(corpus: Any, start: int, tokenizer: Any, context: int | None, overflow: Overflow,
+                    counts: DocCounts) -> Iterator[Segment]:
+    """The segments of a corpus's documents from document ``start`` on (texts tokenised, token-id lists split),
+    counting into ``counts`` as it goes."""
+    for doc_id, text in corpus.iter_from(start):
+        if isinstance(text, (list, tuple, torch.Tensor)):  # an already tokenised document
+            ids = text.tolist() if isinstance(text, torch.Tensor) else list(text)
+            if not ids:
+                counts.skipped += 1
+                continue
+            segments = split_ids(ids, doc_id, context_length=context, overflow=overflow)
+        elif not isinstance(text, str) or not text.strip():
+            counts.skipped += 1
+            continue
+        else:
+            segments = encode_one(tokenizer, text, doc_id, context_length=context, overflow=overflow)
+        counts.last_doc = doc_id
+        if segments[0].truncated:
+            counts.truncated += 1
+        yield from segments
+
+
+class TokenStrings:
+    """Readable text of token ids, decoded one by one with ``source.tokenizer`` (a LoadedModel, a KerasModel) and
+    cached; without a tokenizer an id reads as its number. ``tokens(ids)``; ``tokens.vocab()`` for every id."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        tok = self.source.tokenizer
+        out: list[str] = []
+        for i in ids:
+            text = self._cache.get(i)
+            if text is None:
+                text = tok.decode([i]) if tok is not None else str(i)
+                self._cache[i] = text
+            out.append(text)
+        return out
+
+    def vocab(self) -> list[str]:
+        """Readable text of every token id in the vocabulary, indexed by id (empty without a tokenizer)."""
+        tok = self.source.tokenizer
+        if tok is None:
+            return []
+        return self(list(range(len(tok))))

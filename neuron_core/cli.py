@@ -58,16 +58,17 @@ def _summary(prof, site: str, top: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from neuron_core.sites import neuron_ref
+
     view = prof[site]
     order = view.max.argsort(descending=True)[:top].tolist()
     table = Table(title=f"{prof.meta['model']} {site}: most active neurons over {prof.n_tokens:,} tokens")
     for col in ("neuron", "max", "mean", "std", "frac active", "top tokens (in context)"):
         table.add_column(col, justify="right" if col not in ("neuron", "top tokens (in context)") else "left")
-    layer = site.split(".")[1] if site.startswith("blocks.") else site
     for n in order:
         examples = view.top_examples(n, 3)
         tokens = ", ".join(repr(e.token) for e in examples)
-        table.add_row(f"L{layer}/N{n}", f"{view.max[n]:.3f}", f"{view.mean[n]:.4f}", f"{view.std[n]:.4f}",
+        table.add_row(neuron_ref(site, n), f"{view.max[n]:.3f}", f"{view.mean[n]:.4f}", f"{view.std[n]:.4f}",
                       f"{view.frac_active[n]:.3f}", tokens)
     console = Console()
     console.print(table)

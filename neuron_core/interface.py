@@ -15,9 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuron_core.errors import InputError  # keras backend: FrameworkNotAvailableError is raised there
+from neuron_core.backend import Backend, Resolver
+from neuron_core.errors import InputError
+from neuron_core.keras_backend import KerasBackend, KerasModel
 from neuron_core.models import LoadedModel, load_model
-from neuron_core.sites import Site, SiteResolver
+from neuron_core.sites import Site
+from neuron_core.torch_backend import TorchBackend
 
 __all__ = ["ModelInterface"]
 
@@ -25,27 +28,28 @@ _FRAMEWORKS = ("pytorch", "torch", "tensorflow", "keras")
 
 
 class ModelInterface:
-    """Wraps a model for capture. ``framework`` is ``"pytorch"`` (also ``"torch"``); see issue notes for Keras."""
+    """Wraps a model for capture. ``framework`` is ``"pytorch"`` (also ``"torch"``) or ``"tensorflow"`` (also
+    ``"keras"``: see :mod:`neuron_core.keras_backend`); it picks the :class:`~neuron_core.backend.Backend` once, and
+    everything framework-specific goes through ``interface.backend``."""
 
     def __init__(self, model: nn.Module | LoadedModel, framework: str = "pytorch", tokenizer: Any = None,
                  *, name: str | None = None) -> None:
         framework = framework.lower()
         if framework not in _FRAMEWORKS:
             raise InputError(f"framework must be one of {', '.join(_FRAMEWORKS)}, not {framework!r}")
-        if framework in ("tensorflow", "keras"):  # keras backend
-            from neuron_core.keras_backend import KerasModel  # FrameworkNotAvailableError without TensorFlow/Keras
-
-            self.loaded: LoadedModel = KerasModel(model, tokenizer, name=name)  # type: ignore[assignment]
-        elif isinstance(model, LoadedModel):  # keras backend: `if` became `elif`
-            self.loaded = model
+        self.backend: Backend
+        if framework in ("tensorflow", "keras"):
+            # FrameworkNotAvailableError (with the install command) without TensorFlow/Keras
+            self.backend = KerasBackend(KerasModel(model, tokenizer, name=name))
+        elif isinstance(model, LoadedModel):
             if tokenizer is not None:
-                self.loaded.tokenizer = tokenizer
+                model.tokenizer = tokenizer
+            self.backend = TorchBackend(model)
         elif isinstance(model, nn.Module):
-            self.loaded = LoadedModel.from_module(model, tokenizer, name=name)
+            self.backend = TorchBackend(LoadedModel.from_module(model, tokenizer, name=name))
         else:
             raise InputError(f"framework='pytorch' needs a torch nn.Module, got {type(model).__name__}")
-        self.framework = "tensorflow" if framework in ("tensorflow", "keras") else "pytorch"  # keras backend
-        self._vocab_cache: dict[int, str] = {}
+        self.framework = self.backend.framework
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> ModelInterface:
@@ -53,6 +57,11 @@ class ModelInterface:
         return cls(load_model(name_or_path, **kwargs))
 
     # facts -------------------------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> LoadedModel | KerasModel:
+        """The model, its tokenizer and the facts about it (a KerasModel for Keras)."""
+        return self.backend.loaded
+
     @property
     def module(self) -> nn.Module:
         return self.loaded.model
@@ -66,8 +75,8 @@ class ModelInterface:
         return self.loaded.tokenizer
 
     @property
-    def resolver(self) -> SiteResolver:
-        return self.loaded.sites
+    def resolver(self) -> Resolver:
+        return self.backend.resolver
 
     @property
     def name(self) -> str:
@@ -86,17 +95,12 @@ class ModelInterface:
         return self.loaded.n_layers
 
     def layer_names(self) -> list[str]:
-        """Canonical MLP site names, or (for networks without blocks of MLPs) every named submodule."""
-        if self.framework == "tensorflow":  # keras backend
-            return self.loaded.layer_names()  # type: ignore[attr-defined, no-any-return]
-        if self.resolver.has_mlp_sites:
-            return self.resolver.canonical_names()
-        return [name for name, _ in self.module.named_modules() if name]
+        """Canonical MLP site names, or (for networks without blocks of MLPs) every named submodule (Keras: every
+        layer path)."""
+        return self.backend.layer_names()
 
     def module_names(self) -> list[str]:
-        if self.framework == "tensorflow":  # keras backend
-            return self.loaded.module_names()  # type: ignore[attr-defined, no-any-return]
-        return [name for name, _ in self.module.named_modules() if name]
+        return self.backend.module_names()
 
     def resolve(self, name: str | int | Site) -> Site:
         return self.resolver.resolve(name)
@@ -104,23 +108,11 @@ class ModelInterface:
     # tokens ------------------------------------------------------------------------------------------------
     def token_strings(self, ids: list[int]) -> list[str]:
         """Readable text of each token id (decoded one by one; cached)."""
-        tok = self.tokenizer
-        out: list[str] = []
-        for i in ids:
-            text = self._vocab_cache.get(i)
-            if text is None:
-                text = tok.decode([i]) if tok is not None else str(i)
-                self._vocab_cache[i] = text
-            out.append(text)
-        return out
+        return self.backend.tokens(ids)
 
     def vocab_strings(self) -> list[str]:
         """Readable text of every token id in the vocabulary, indexed by id."""
-        tok = self.tokenizer
-        if tok is None:
-            return []
-        size = len(tok)
-        return self.token_strings(list(range(size)))
+        return self.backend.tokens.vocab()
 
     def __repr__(self) -> str:
         lm = self.loaded

@@ -25,20 +25,28 @@ TensorFlow/Keras is imported lazily, only in this module.
 
 from __future__ import annotations
 
-import datetime as _dt
 import difflib
 import hashlib
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from neuron_core.batching import Overflow, encode_texts, make_batches, pad_token_id
+from neuron_core.batching import (
+    Batch,
+    Overflow,
+    TokenStrings,
+    batch_contexts,
+    check_budget,
+    encode_texts,
+    make_batches,
+    pad_token_id,
+)
 from neuron_core.errors import (
     EmptyInputError,
     FrameworkNotAvailableError,
@@ -46,15 +54,13 @@ from neuron_core.errors import (
     UnknownSiteError,
     UnsupportedModelError,
 )
+from neuron_core.neuron_profile import NeuronProfile, ProfileMeta
+from neuron_core.record import ActivationRecord
 from neuron_core.sites import Site, resolve_all
 from neuron_core.stats import SiteStats, StatsConfig
 
-if TYPE_CHECKING:
-    from neuron_core.capture import ActivationRecord
-    from neuron_core.interface import ModelInterface
-    from neuron_core.profile import NeuronProfile
-
-__all__ = ["KerasModel", "KerasSiteResolver", "capture_keras", "profile_keras", "import_keras", "INSTALL_HINT"]
+__all__ = ["KerasModel", "KerasBackend", "KerasSiteResolver", "capture_keras", "profile_keras", "import_keras",
+           "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'neuron-workbench[tensorflow]'"
 _MASK_KEYS = ("attention_mask", "padding_mask", "mask")
@@ -216,8 +222,14 @@ class KerasSiteResolver:
     def mlp_site(self, layer: int) -> Site:
         raise UnsupportedModelError("Keras models have no canonical MLP sites; name the layers to read")
 
+    def d_mlp(self) -> int | None:
+        return None
+
     def block_order(self, site: Site) -> int | None:
         return None
+
+    def block_module(self, index: int) -> Any:
+        raise UnsupportedModelError("Keras models have no list of blocks")
 
     def module(self, site: Site) -> Any:
         return self.entries[site.module_path].layer
@@ -290,14 +302,19 @@ class KerasModel:
         if not entries:
             raise UnsupportedModelError(f"the Keras model {self.name!r} has no layers to read")
         top = [p for p, e in entries.items() if not e.nested]
-        self.sites = KerasSiteResolver(entries, top)
+        self.resolver = KerasSiteResolver(entries, top)
         self._plans: dict[tuple[str, ...], _Plan] = {}
         self._weights_hash: str | None = None
 
     # facts -------------------------------------------------------------------------------------------------
     @property
+    def sites(self) -> KerasSiteResolver:
+        """Deprecated alias of :attr:`resolver` (as ``LoadedModel.sites``)."""
+        return self.resolver
+
+    @property
     def n_layers(self) -> int:
-        return self.sites.n_layers
+        return self.resolver.n_layers
 
     @property
     def input_spec(self) -> Any | None:
@@ -318,10 +335,10 @@ class KerasModel:
         return len(shape) if shape is not None else None
 
     def layer_names(self) -> list[str]:
-        return self.sites.names()
+        return self.resolver.names()
 
     def module_names(self) -> list[str]:
-        return self.sites.names()
+        return self.resolver.names()
 
     def weights_hash(self) -> str:
         if self._weights_hash is None:
@@ -361,7 +378,7 @@ class KerasModel:
 
         whole_model = False
         for site in sites:
-            entry = self.sites.entries[site.module_path]
+            entry = self.resolver.entries[site.module_path]
             if graph_in is not None and not entry.nested and _single_node(entry.layer):
                 direct[site.name] = output_index(entry.layer)
                 continue
@@ -513,19 +530,18 @@ def _feed(km: KerasModel, main: np.ndarray, mask: np.ndarray | None, extras: dic
     return [v for _, v in values]
 
 
-def _prepare(interface: ModelInterface, inputs: Any, *, batch_size: int | None, doc_base: int,
+def _prepare(km: KerasModel, inputs: Any, *, batch_size: int | None, doc_base: int,
              max_length: int | None, overflow: Overflow, padding_side: Literal["left", "right"]) -> _Prepared:
     """Turn any accepted input into padded batches with their document ids; fails before any model work."""
-    km: KerasModel = interface.loaded  # type: ignore[assignment]
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if padding_side not in ("left", "right"):
         raise InputError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     fixed = km.context_length
-    pad = pad_token_id(interface.tokenizer)
+    pad = pad_token_id(km.tokenizer)
     if _is_text(inputs):
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        segments = encode_texts(interface.tokenizer, texts, context_length=fixed, overflow=overflow,
+        segments = encode_texts(km.tokenizer, texts, context_length=fixed, overflow=overflow,
                                 max_length=max_length)
         batches = []
         for b in make_batches(segments, batch_size=batch_size or len(segments), pad_id=pad,
@@ -633,27 +649,66 @@ def _acts(arr: np.ndarray, keep: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(grid[keep], dtype=np.float32))  # [n, F]
 
 
-def _keras_interface(model: Any, tokenizer: Any = None) -> ModelInterface:
-    from neuron_core.interface import ModelInterface
+class KerasBackend:
+    """A Keras model behind a :class:`~neuron_core.interface.ModelInterface`: its layers as sites, and capture
+    through a derived sub-model (or call interception); the twin of :class:`neuron_core.torch_backend.TorchBackend`.
+    """
 
-    if isinstance(model, ModelInterface):
-        if model.framework != "tensorflow":
-            raise InputError("this function reads Keras models; wrap the model with framework='tensorflow'")
-        return model
-    return ModelInterface(model, framework="tensorflow", tokenizer=tokenizer)
+    framework = "tensorflow"
+
+    def __init__(self, km: KerasModel) -> None:
+        self.loaded = km
+        self.tokens = TokenStrings(km)
+
+    @property
+    def resolver(self) -> KerasSiteResolver:
+        return self.loaded.resolver
+
+    def layer_names(self) -> list[str]:
+        return self.loaded.layer_names()
+
+    def module_names(self) -> list[str]:
+        return self.loaded.module_names()
+
+    def capture(self, inputs: Any, sites: list[Site], target: torch.device, *, max_length: int | None,
+                overflow: Overflow, batch_size: int, padding_side: Literal["left", "right"],
+                stop_early: bool) -> ActivationRecord:
+        """Activations of ``sites`` on ``inputs`` (on the host: Keras records live there; no early stop)."""
+        return _capture(self, inputs, sites, batch_size=batch_size, max_length=max_length, overflow=overflow,
+                        padding_side=padding_side)
+
+    @contextmanager
+    def trace(self, choose: Callable[[], list[Site]], target: torch.device) -> Iterator[ActivationRecord]:
+        raise InputError("trace() reads PyTorch hooks and is not available for Keras models; "
+                         "use monitor.capture(inputs) instead")
+        yield  # a generator, for @contextmanager  # pragma: no cover
+
+
+def _keras_backend(model: Any, tokenizer: Any = None) -> KerasBackend:
+    """The Keras backend of a ModelInterface built with framework='tensorflow', or of a Keras model."""
+    backend = getattr(model, "backend", None)
+    if isinstance(backend, KerasBackend):
+        return backend
+    if backend is not None and hasattr(model, "loaded"):
+        raise InputError("this function reads Keras models; wrap the model with framework='tensorflow'")
+    return KerasBackend(KerasModel(model, tokenizer))
 
 
 # ---------------------------------------------------------------------------------------------------- public
-def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[str | int | Site] | str | int,
+def capture_keras(interface: Any, inputs: Any, sites: Sequence[str | int | Site] | str | int,
                   *, batch_size: int = 8, max_length: int | None = None, overflow: Overflow = "error",
                   padding_side: Literal["left", "right"] = "right") -> ActivationRecord:
-    """Activations of ``sites`` on ``inputs``, kept whole (what ``ActivationMonitor.capture`` does for Keras)."""
-    from neuron_core.capture import ActivationRecord
+    """Activations of ``sites`` on ``inputs``, kept whole (what ``ActivationMonitor.capture`` does for Keras).
+    ``interface``: a ModelInterface built with ``framework="tensorflow"``, or a Keras model."""
+    backend = _keras_backend(interface)
+    return _capture(backend, inputs, backend.resolver.resolve_many(sites), batch_size=batch_size,
+                    max_length=max_length, overflow=overflow, padding_side=padding_side)
 
-    iface = _keras_interface(interface)
-    km: KerasModel = iface.loaded  # type: ignore[assignment]
-    chosen = km.sites.resolve_many(sites)
-    prepared = _prepare(iface, inputs, batch_size=batch_size, doc_base=0, max_length=max_length,
+
+def _capture(backend: KerasBackend, inputs: Any, chosen: list[Site], *, batch_size: int, max_length: int | None,
+             overflow: Overflow, padding_side: Literal["left", "right"]) -> ActivationRecord:
+    km = backend.loaded
+    prepared = _prepare(km, inputs, batch_size=batch_size, doc_base=0, max_length=max_length,
                         overflow=overflow, padding_side=padding_side)
     parts: dict[str, list[torch.Tensor]] = {s.name: [] for s in chosen}
     facts: list[_Rows] = []
@@ -667,7 +722,7 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
             parts[name].append(_acts(arr, rows.keep))
     ids = torch.from_numpy(np.concatenate([f.ids for f in facts]))
     if bool((ids >= 0).all()):
-        tokens = iface.token_strings(ids.tolist())
+        tokens = backend.tokens(ids.tolist())
     else:
         tokens = [f"row{i}" for i in range(ids.numel())]
     return ActivationRecord(
@@ -677,14 +732,14 @@ def capture_keras(interface: ModelInterface | Any, inputs: Any, sites: Sequence[
         doc_ids=torch.from_numpy(np.concatenate([f.doc for f in facts])),
         positions=torch.from_numpy(np.concatenate([f.pos for f in facts])),
         texts=prepared.texts,
-        model_name=iface.name,
+        model_name=km.name,
         truncated=prepared.truncated,
         overflow=overflow,
-        _resolver=km.sites,  # type: ignore[arg-type]
+        _resolver=km.resolver,
     )
 
 
-def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | Site] | str | int,
+def profile_keras(interface: Any, sites: Sequence[str | int | Site] | str | int,
                   batches: Iterable[Any], *, top_k: int = 32, bottom_k: int = 8, n_samples: int = 32,
                   active_threshold: float = 0.0, config: StatsConfig | None = None, max_tokens: int | None = None,
                   doc_offset: int = 0, batch_size: int | None = None, max_length: int | None = None,
@@ -699,77 +754,90 @@ def profile_keras(interface: ModelInterface | Any, sites: Sequence[str | int | S
     """
     from tqdm.auto import tqdm
 
-    from neuron_core.profile import NeuronProfile, batch_contexts
-
-    iface = _keras_interface(interface)
-    km: KerasModel = iface.loaded  # type: ignore[assignment]
-    chosen = km.sites.resolve_many(sites)
-    if max_tokens is not None and max_tokens < 1:
-        raise InputError(f"max_tokens must be >= 1, got {max_tokens}")
-    if doc_offset < 0:
-        raise InputError("doc_offset must be >= 0")
+    backend = _keras_backend(interface)
+    km = backend.loaded
+    chosen = km.resolver.resolve_many(sites)
+    check_budget(max_tokens, doc_offset)
     cfg = config or StatsConfig(top_k=top_k, bottom_k=bottom_k, n_samples=n_samples,
                                 active_threshold=active_threshold)
-    stats: dict[str, SiteStats] = {}
-    meta: dict[str, Any] = {
-        "model": iface.name, "family": km.family, "framework": "tensorflow", "n_layers": km.n_layers,
-        "corpus": corpus_name, "corpus_fingerprint": None, "doc_offset": doc_offset, "next_doc": doc_offset,
-        "n_docs": 0, "n_tokens": 0, "n_skipped_docs": 0, "n_truncated_docs": 0, "batch_size": batch_size,
-        "max_tokens": max_tokens, "overflow": overflow, "complete": False,
-        "created": _dt.datetime.now().isoformat(timespec="seconds"),
-    }
-    width = cfg.context_width
-    max_id = -1
+    meta = ProfileMeta(model=km.name, family=km.family, framework="tensorflow", n_layers=km.n_layers,
+                       corpus=corpus_name, corpus_fingerprint=None, doc_offset=doc_offset, batch_size=batch_size,
+                       max_tokens=max_tokens, overflow=overflow).as_dict()
+    run = _KerasProfiler(km, chosen, cfg, meta, max_tokens)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=max_tokens, unit="tok", unit_scale=True, disable=not show,
                desc=f"profiling {len(chosen)} Keras layer(s)", file=sys.stderr)
-    try:
-        doc_base, last_doc = doc_offset, None
+    with closing(bar):
+        doc_base = doc_offset
         for item in batches:
-            if max_tokens is not None and meta["n_tokens"] >= max_tokens:
+            if run.spent():
                 break
-            prepared = _prepare(iface, item, batch_size=batch_size, doc_base=doc_base, max_length=max_length,
+            prepared = _prepare(km, item, batch_size=batch_size, doc_base=doc_base, max_length=max_length,
                                 overflow=overflow, padding_side="right")
             doc_base += prepared.n_docs
             meta["n_truncated_docs"] += len(prepared.truncated)
             for batch in prepared.batches:
-                remaining = None if max_tokens is None else max_tokens - meta["n_tokens"]
-                if remaining is not None and remaining <= 0:
+                if run.spent():
                     break
-                arrays = _forward(km, chosen, batch.feed)
-                rows = _rows(arrays, batch)
-                if remaining is not None and int(rows.keep.sum()) > remaining:
-                    # keep exactly `remaining` rows, in row-major order; the model still saw whole examples
-                    budget = (np.cumsum(rows.keep.ravel()) <= remaining).reshape(rows.keep.shape)
-                    rows = _rows_subset(rows, budget)
-                n = int(rows.keep.sum())
-                if rows.kind == "tokens" and batch.ids is not None:
-                    ctx = _contexts(batch, rows.keep, cfg, batch_contexts)
-                    max_id = max(max_id, int(batch.ids.max()))
-                else:
-                    ctx = torch.full((n, width), -1, dtype=torch.int32)
-                doc, pos = torch.from_numpy(rows.doc), torch.from_numpy(rows.pos)
-                for site in chosen:
-                    acts = _acts(arrays[site.name], rows.keep)  # [n, N]
-                    if site.name not in stats:
-                        stats[site.name] = SiteStats(acts.shape[1], device="cpu", config=cfg)
-                    stats[site.name].add(acts, doc, pos, ctx)
-                docs = [int(d) for d in np.unique(rows.doc)]
-                meta["n_docs"] += len(set(docs) - {last_doc})
-                last_doc = docs[-1] if docs else last_doc
-                meta["next_doc"] = (last_doc + 1) if last_doc is not None else doc_offset
-                meta["n_tokens"] += n
-                bar.update(n)
-    finally:
-        bar.close()
+                bar.update(run.add(batch))
     if meta["n_tokens"] == 0:
         raise EmptyInputError("the batches produced no activations")
     meta["complete"] = True
-    if iface.tokenizer is not None:
-        vocab = iface.vocab_strings()
+    if km.tokenizer is not None:
+        vocab = backend.tokens.vocab()
     else:
-        vocab = [str(i) for i in range(max_id + 1)]  # token ids shown as their numbers, as in records
-    return NeuronProfile(stats, meta, vocab, {s.name: s for s in chosen})
+        vocab = [str(i) for i in range(run.max_id + 1)]  # token ids shown as their numbers, as in records
+    return NeuronProfile(run.stats, meta, vocab, {s.name: s for s in chosen})
+
+
+class _KerasProfiler:
+    """The statistics of one ``profile_keras`` run as its batches come: per site, and the counts in ``meta``."""
+
+    def __init__(self, km: KerasModel, sites: list[Site], cfg: StatsConfig, meta: dict[str, Any],
+                 max_tokens: int | None) -> None:
+        self.km, self.sites, self.cfg, self.meta, self.max_tokens = km, sites, cfg, meta, max_tokens
+        self.stats: dict[str, SiteStats] = {}
+        self.max_id = -1  # the largest token id seen (the vocabulary of a profile without a tokenizer)
+        self.last_doc: int | None = None
+
+    def remaining(self) -> int | None:
+        return None if self.max_tokens is None else self.max_tokens - self.meta["n_tokens"]
+
+    def spent(self) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining <= 0
+
+    def add(self, batch: _Batch) -> int:
+        """One batch through the model and into the statistics; returns how many rows counted."""
+        arrays = _forward(self.km, self.sites, batch.feed)
+        rows = _rows(arrays, batch)
+        remaining = self.remaining()
+        if remaining is not None and int(rows.keep.sum()) > remaining:
+            # keep exactly `remaining` rows, in row-major order; the model still saw whole examples
+            budget = (np.cumsum(rows.keep.ravel()) <= remaining).reshape(rows.keep.shape)
+            rows = _rows_subset(rows, budget)
+        n = int(rows.keep.sum())
+        if rows.kind == "tokens" and batch.ids is not None:
+            ctx = _contexts(batch, rows.keep, self.cfg, batch_contexts)
+            self.max_id = max(self.max_id, int(batch.ids.max()))
+        else:
+            ctx = torch.full((n, self.cfg.context_width), -1, dtype=torch.int32)
+        doc, pos = torch.from_numpy(rows.doc), torch.from_numpy(rows.pos)
+        for site in self.sites:
+            acts = _acts(arrays[site.name], rows.keep)  # [n, N]
+            if site.name not in self.stats:
+                self.stats[site.name] = SiteStats(acts.shape[1], device="cpu", config=self.cfg)
+            self.stats[site.name].add(acts, doc, pos, ctx)
+        self._count(rows, n)
+        return n
+
+    def _count(self, rows: _Rows, n: int) -> None:
+        meta = self.meta
+        docs = [int(d) for d in np.unique(rows.doc)]
+        meta["n_docs"] += len(set(docs) - {self.last_doc})
+        self.last_doc = docs[-1] if docs else self.last_doc
+        meta["next_doc"] = (self.last_doc + 1) if self.last_doc is not None else meta["doc_offset"]
+        meta["n_tokens"] += n
 
 
 def _rows_subset(rows: _Rows, budget: np.ndarray) -> _Rows:
@@ -780,8 +848,6 @@ def _rows_subset(rows: _Rows, budget: np.ndarray) -> _Rows:
 
 def _contexts(batch: _Batch, keep: np.ndarray, cfg: StatsConfig, windows: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Token-id windows around every kept token: [n, W] int32, -1 outside the document."""
-    from neuron_core.batching import Batch
-
     real = batch.mask if batch.mask is not None else np.ones(keep.shape, dtype=bool)  # [B, T]
     ids = batch.ids if batch.ids is not None else np.full(keep.shape, -1, np.int64)
     ids_t = torch.from_numpy(np.where(real, ids, -1))  # [B, T]; -1 outside documents

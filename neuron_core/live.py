@@ -36,7 +36,7 @@ from torch import nn
 from neuron_core.capture import ActivationMonitor, attach
 from neuron_core.errors import EmptyInputError, InputError, ProfileMismatchError, UnknownSiteError
 from neuron_core.interface import ModelInterface
-from neuron_core.sites import Site, parse_neuron_ref
+from neuron_core.sites import NeuronRef, Site
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["LiveMonitor", "StepActivations", "TopNeurons", "WatchedNeuron", "StatsCallback", "StatsSummary",
            "SiteSummary", "DriftingNeuron", "WindowStats"]
 
-NeuronRef = str | tuple[int, int]
+NeuronSpec = str | tuple[int, int]  # 'L6/N12' (see NeuronRef.parse) or (layer, index)
 _CACHE_KWARGS = ("cache", "past_key_values")
 
 
@@ -162,7 +162,7 @@ class LiveMonitor:
 
     def __init__(self, interface: ModelInterface | ActivationMonitor | Any,
                  sites: Sequence[str | int | Site] | str | int | None = None,
-                 neurons: Sequence[NeuronRef] | None = None, *, top_k: int = 5, history: int = 0,
+                 neurons: Sequence[NeuronSpec] | None = None, *, top_k: int = 5, history: int = 0,
                  queue_size: int = 8) -> None:
         if top_k < 0 or history < 0 or queue_size < 1:
             raise InputError("top_k and history must be >= 0 and queue_size >= 1")
@@ -186,9 +186,9 @@ class LiveMonitor:
         self._watch_index = {s.name: torch.tensor([n.index for n in self.neurons if n.site == s], dtype=torch.long)
                              for s in self.sites}
 
-    def _watch(self, ref: NeuronRef) -> WatchedNeuron:
+    def _watch(self, ref: NeuronSpec) -> WatchedNeuron:
         if isinstance(ref, str):
-            layer, index = parse_neuron_ref(ref)
+            layer, index = NeuronRef.parse(ref).pair
         elif (isinstance(ref, tuple) and len(ref) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                  for v in ref)):
             layer, index = ref
@@ -199,7 +199,7 @@ class LiveMonitor:
         if index < 0 or (width is not None and index >= width):
             raise UnknownSiteError(f"neuron {index} is out of range for layer {site.layer}: it has {width} neurons "
                                    f"(0-{(width or 1) - 1})")
-        return WatchedNeuron(f"L{site.layer}/N{index}", site, index)
+        return WatchedNeuron(str(NeuronRef.at(site, index)), site, index)
 
     # -- public -------------------------------------------------------------------------------------------------
     def stream_generate(self, prompt: str | torch.Tensor | Sequence[int], *, max_new_tokens: int = 20,

@@ -119,6 +119,11 @@ class LoadedModel:
                    _weights_hash=weights_hash)
 
     @property
+    def resolver(self) -> SiteResolver:
+        """Where the MLP neurons live (the ``sites`` field, under the name every other class uses for it)."""
+        return self.sites
+
+    @property
     def n_layers(self) -> int:
         return self.sites.n_layers
 
@@ -272,30 +277,7 @@ def load_model(name_or_path: str, *, device: str | torch.device | None = "auto",
     torch_dtype = resolve_dtype(dtype)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    local = _local_source(target)
-    weights_hash: str | None = None
-    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if local is not None:
-        folder, gguf = local
-        if gguf is not None:
-            folder, weights_hash = _gguf_cached_folder(gguf)
-        where = str(gguf or folder)
-        load_kwargs["local_files_only"] = True
-    else:
-        where = target
-        load_kwargs["local_files_only"] = True
-        try:
-            AutoConfig.from_pretrained(target, **load_kwargs)
-        except (OSError, ValueError):
-            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                raise _not_available(alias, "it is not in the local HF cache and HF_HUB_OFFLINE is set") from None
-            if not _hub_reachable(target):
-                raise _not_available(alias, "it is not in the local HF cache and the Hub cannot be reached") from None
-            load_kwargs["local_files_only"] = False
-        folder = Path(target)
-    if not allow_pickle:
-        load_kwargs["use_safetensors"] = True
-    source = str(folder) if local is not None else target
+    source, where, weights_hash, load_kwargs = _locate(alias, target, trust_remote_code, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(source, **{k: v for k, v in load_kwargs.items() if k != "use_safetensors"})
         archs = list(getattr(config, "architectures", None) or [])
@@ -322,6 +304,40 @@ def load_model(name_or_path: str, *, device: str | torch.device | None = "auto",
     model.to(dev)
     lm = LoadedModel.from_module(model, tokenizer, name=alias, source=where, weights_hash=weights_hash)
     return lm
+
+
+def _locate(alias: str, target: str, trust_remote_code: bool,
+            allow_pickle: bool) -> tuple[str, str, str | None, dict[str, Any]]:
+    """Where a model's files are: (what to load from, where it came from, the GGUF weights' hash or None, the
+    ``from_pretrained`` keyword arguments). A model neither local nor in the HF cache is loaded from the Hub only when
+    the Hub is reachable and HF_HUB_OFFLINE is not set; else ModelNotAvailableError."""
+    from transformers import AutoConfig
+
+    local = _local_source(target)
+    weights_hash: str | None = None
+    load_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local is not None:
+        folder, gguf = local
+        if gguf is not None:
+            folder, weights_hash = _gguf_cached_folder(gguf)
+        where = str(gguf or folder)
+        load_kwargs["local_files_only"] = True
+    else:
+        where = target
+        load_kwargs["local_files_only"] = True
+        try:
+            AutoConfig.from_pretrained(target, **load_kwargs)
+        except (OSError, ValueError):
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                raise _not_available(alias, "it is not in the local HF cache and HF_HUB_OFFLINE is set") from None
+            if not _hub_reachable(target):
+                raise _not_available(alias, "it is not in the local HF cache and the Hub cannot be reached") from None
+            load_kwargs["local_files_only"] = False
+        folder = Path(target)
+    if not allow_pickle:
+        load_kwargs["use_safetensors"] = True
+    source = str(folder) if local is not None else target
+    return source, where, weights_hash, load_kwargs
 
 
 def _ties(config: Any) -> bool:

@@ -31,15 +31,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from neuron_core.batching import DocCounts, context_limit, corpus_segments
 from neuron_core.corpus import Corpus
 from neuron_core.distributed import Executor, check_executor, portable_model, run_tasks
 from neuron_core.errors import EmptyInputError, InputError
-
-if TYPE_CHECKING:
-    from neuron_core.interface import ModelInterface
-    from neuron_core.profile import NeuronProfile
+from neuron_core.interface import ModelInterface
+from neuron_core.neuron_profile import NeuronProfile
+from neuron_core.profile_local import profile_local
 
 __all__ = ["ShardSpec", "plan_shards", "profile_sharded"]
 
@@ -106,15 +106,10 @@ def plan_shards(doc_tokens: list[int], n_shards: int, max_tokens: int | None = N
 def _doc_tokens(corpus: Corpus, interface: ModelInterface, max_length: int | None, overflow: str,
                 max_tokens: int | None) -> tuple[list[int], list[Any]]:
     """Tokens per document as ``profile`` counts them (segments), and the documents, up to the budget."""
-    from neuron_core.profile import _segments
-
-    context = interface.context_length
-    if max_length is not None:
-        context = min(max_length, context) if context else max_length
+    context = context_limit(interface.context_length, max_length)
     per_doc: dict[int, int] = {}
-    seen = [-1, 0, 0]
     total, cut = 0, None
-    for seg in _segments(corpus, 0, interface.tokenizer, context, overflow, seen):  # type: ignore[arg-type]
+    for seg in corpus_segments(corpus, 0, interface.tokenizer, context, overflow, DocCounts()):  # type: ignore[arg-type]
         per_doc[seg.doc_id] = per_doc.get(seg.doc_id, 0) + len(seg.ids)
         total += len(seg.ids)
         if max_tokens is not None and total >= max_tokens and seg.final:
@@ -131,8 +126,6 @@ def _worker_model(model: Any, device: str) -> Any:
     """The task's model: loaded once per worker process when given by name."""
     if not isinstance(model, str):
         return model
-    from neuron_core.interface import ModelInterface
-
     key = (model, device)
     if key not in _WORKER_MODELS:
         _WORKER_MODELS[key] = ModelInterface.from_pretrained(model, device=device)
@@ -141,10 +134,8 @@ def _worker_model(model: Any, device: str) -> Any:
 
 def _profile_shard(task: _ShardTask) -> NeuronProfile:
     """One shard, from its checkpoint if an earlier try left one (a Ray task: module level)."""
-    from neuron_core.profile import profile
-
     corpus = Corpus(name=f"{task.corpus_name}[{task.spec.doc_start}:{task.spec.doc_stop}]", _docs=task.docs)
-    return profile(_worker_model(task.model, task.device), task.sites, corpus, doc_offset=task.spec.doc_start,
+    return profile_local(_worker_model(task.model, task.device), task.sites, corpus, doc_offset=task.spec.doc_start,
                    max_tokens=task.spec.max_tokens, checkpoint=task.checkpoint, resume=True, progress=False,
                    **task.options)
 

@@ -7,6 +7,10 @@ Usage::
     site = resolver.resolve("layer 6")        # Site(name='blocks.6.mlp.hook_post', module_path=..., read='output')
     resolver.resolve("transformer.h.6.attn")  # any raw submodule: its output is read
 
+Neurons are written ``L6/N12`` for people: ``NeuronRef.parse("l6/n12")`` -> ``NeuronRef(layer=6, index=12,
+site='blocks.6.mlp.hook_post')``, ``str(ref) == 'L6/N12'``; ``str(NeuronRef.at("transformer.h.6.attn", 3)) ==
+'transformer.h.6.attn/N3'``. This module is the one home of site and neuron names: all others go through it.
+
 Canonical names follow TransformerLens (``blocks.{i}.mlp.hook_post``). Shorthand accepted: ``mlp.6``, ``6``,
 ``layer 6``, ``L6``, ``-1`` (counted from the end). What a canonical site reads depends on the family: GPT-2 the output
 of ``mlp.act``; gated MLPs (Llama, SmolLM2, Mistral, Qwen, Gemma, Phi-3) the *input* of ``mlp.down_proj``, i.e.
@@ -27,7 +31,9 @@ from torch import nn
 
 from neuron_core.errors import UnknownSiteError, UnsupportedModelError
 
-__all__ = ["Site", "SiteResolver", "FAMILY_RULES", "canonical_site_name", "parse_neuron_ref"]
+__all__ = ["Site", "SiteResolver", "FAMILY_RULES", "NeuronRef", "canonical_site_name", "parse_neuron_ref",
+           "layer_of_site_name", "find_site_name", "SiteKeyed", "neuron_ref", "site_label", "CANONICAL_SITE_RE",
+           "SITE_SHORTHAND_RES"]
 
 ReadMode = Literal["output", "input"]
 
@@ -58,39 +64,35 @@ class _FamilyRule:
     read: ReadMode
 
 
-# model_type (from the HF config) -> where its neurons live. Keep in sync with DESIGN.md "Neuron site".
+# model_type (from the HF config) -> where its neurons live. Keep in sync with docs/ARCHITECTURE.md "Site".
 FAMILY_RULES: dict[str, _FamilyRule] = {
-    "gpt2": _FamilyRule("h", "mlp.act", "output"),
-    "gptj": _FamilyRule("h", "mlp.act", "output"),
-    "gpt_neo": _FamilyRule("h", "mlp.act", "output"),
+    **dict.fromkeys(("gpt2", "gptj", "gpt_neo"), _FamilyRule("h", "mlp.act", "output")),
     "gpt_neox": _FamilyRule("layers", "mlp.act", "output"),
-    "bert": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "roberta": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "xlm-roberta": _FamilyRule("encoder.layer", "intermediate", "output"),
-    "electra": _FamilyRule("encoder.layer", "intermediate", "output"),
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "electra"),
+                    _FamilyRule("encoder.layer", "intermediate", "output")),
     "distilbert": _FamilyRule("transformer.layer", "ffn.lin2", "input"),
     "opt": _FamilyRule("layers", "fc2", "input"),
     "phi": _FamilyRule("layers", "mlp.fc2", "input"),
-    "falcon": _FamilyRule("h", "mlp.dense_4h_to_h", "input"),
-    "bloom": _FamilyRule("h", "mlp.dense_4h_to_h", "input"),
+    **dict.fromkeys(("falcon", "bloom"), _FamilyRule("h", "mlp.dense_4h_to_h", "input")),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3",
+                     "granite", "smollm3", "stablelm", "cohere", "starcoder2_gated"),
+                    _FamilyRule("layers", "mlp.down_proj", "input")),  # gated MLPs: act(gate) * up
 }
-for _gated in (
-    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "phi3",
-    "granite", "smollm3", "stablelm", "cohere", "starcoder2_gated",
-):
-    FAMILY_RULES[_gated] = _FamilyRule("layers", "mlp.down_proj", "input")
 
 # Names of down projections, for families without a rule: (name, read)
 _DOWN_PROJ_NAMES = ("down_proj", "c_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "lin2", "wo")
 
-_CANONICAL_RE = re.compile(r"^blocks\.(-?\d+)\.mlp\.hook_post$")
-_SHORTHAND_RES = (
+CANONICAL_SITE_RE = re.compile(r"^blocks\.(-?\d+)\.mlp\.hook_post$")
+"""A canonical MLP site name; group 1 is the layer."""
+SITE_SHORTHAND_RES = (
     re.compile(r"^blocks\.(-?\d+)(?:\.mlp)?$"),
     re.compile(r"^mlp[._ ]?(-?\d+)$", re.IGNORECASE),
     re.compile(r"^(?:layer|block)[._ ]*(-?\d+)$", re.IGNORECASE),
     re.compile(r"^l(-?\d+)$", re.IGNORECASE),
     re.compile(r"^(-?\d+)$"),
 )
+"""Shorthand people write for layer i's MLP site (``mlp.6``, ``6``, ``layer 6``, ``L6``, ``blocks.6``); group 1
+is the layer."""
 
 
 def canonical_site_name(layer: int) -> str:
@@ -98,15 +100,108 @@ def canonical_site_name(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def layer_of_site_name(name: str | Site) -> int | None:
+    """The layer a site name stands for: ``'blocks.6.mlp.hook_post'``, ``'layer 6'``, ``'L6'``, ``'-1'`` -> 6, 6,
+    6, -1 (negative: counted from the end); None for any other name (a raw module path)."""
+    text = (name.name if isinstance(name, Site) else str(name)).strip()
+    matches = (m for pattern in (CANONICAL_SITE_RE, *SITE_SHORTHAND_RES) if (m := pattern.match(text)) is not None)
+    return next((int(m.group(1)) for m in matches), None)
+
+
+class SiteKeyed:
+    """A container keyed by site name (a profile, a record): ``site in container`` when :meth:`key` finds it."""
+
+    def key(self, site: str | int | Site) -> str:  # the container's own name for ``site``, or UnknownSiteError
+        raise NotImplementedError
+
+    def __contains__(self, site: object) -> bool:
+        try:
+            self.key(site)  # type: ignore[arg-type]
+        except UnknownSiteError:
+            return False
+        return True
+
+
+def find_site_name(site: str | int | Site, names: Iterable[str], n_layers: int = 0) -> str | None:
+    """The name among ``names`` that ``site`` stands for: itself, or its layer's canonical name (negative layers
+    counted from the end when ``n_layers`` is known); else None."""
+    known = list(names)
+    name = site.name if isinstance(site, Site) else site
+    if isinstance(name, str) and name in known:
+        return name
+    layer = layer_of_site_name(str(name))
+    if layer is not None and layer < 0 and n_layers:
+        layer += n_layers
+    canonical = None if layer is None else canonical_site_name(layer)
+    return canonical if canonical in known else None
+
+
+def site_label(site: str | Site) -> str:
+    """``'blocks.6.mlp.hook_post'`` (or ``'layer 6'``) -> ``'L6'``; other site names are returned as they are."""
+    layer = site.layer if isinstance(site, Site) and site.layer is not None else layer_of_site_name(site)
+    return f"L{layer}" if layer is not None and layer >= 0 else str(site)
+
+
+_SITE_NEURON_RE = re.compile(r"^\s*(.+?)/N(\d+)\s*$")  # '<site name>/N12', for sites that are not layers
 _NEURON_RE = re.compile(r"^\s*(?:L|layer\s*|blocks\.)?(-?\d+)\s*(?:/|:|\.|,\s*)\s*(?:N|neuron\s*)?(\d+)\s*$", re.I)
 
 
+@dataclass(frozen=True)
+class NeuronRef:
+    """One neuron: its layer (None for a site that is not a numbered layer), its index and its site's name (by
+    default the layer's canonical one). ``str(ref)`` is the form for people: ``L6/N12``, or ``<site name>/N12``."""
+
+    layer: int | None
+    index: int
+    site: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.site:
+            if self.layer is None:
+                raise ValueError("a NeuronRef needs a layer or a site")
+            object.__setattr__(self, "site", canonical_site_name(self.layer))
+
+    def __str__(self) -> str:
+        return f"L{self.layer}/N{self.index}" if self.layer is not None else f"{self.site}/N{self.index}"
+
+    @classmethod
+    def parse(cls, ref: str, *, sites: Iterable[str] = ()) -> NeuronRef:
+        """A neuron written for people: ``L6/N1234``, ``l6/n1234``, ``6/1234``, ``6:1234``, ``layer 6, neuron
+        1234``, ``blocks.6.1234`` (case-insensitive, spaces around the separator allowed); with ``sites``, also
+        ``<site name>/N12`` for one of those sites (its layer None). UnknownSiteError else."""
+        named = _SITE_NEURON_RE.match(ref) if sites else None
+        if named is not None and named.group(1) in set(sites):
+            return cls(None, int(named.group(2)), named.group(1))
+        match = _NEURON_RE.match(ref)
+        if not match:
+            raise UnknownSiteError(f"cannot read neuron reference {ref!r}; write it as L6/N1234 or 6/1234")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def at(cls, site: str | Site, index: int) -> NeuronRef:
+        """The neuron ``index`` of a site (a Site or a site name); its layer is read off the name (a raw module
+        path or a negative layer has none)."""
+        name = site.name if isinstance(site, Site) else str(site)
+        layer = site.layer if isinstance(site, Site) and site.layer is not None else layer_of_site_name(name)
+        return cls(layer if layer is not None and layer >= 0 else None, int(index), name)
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        if self.layer is None:  # (layer, index) exists for neurons of numbered layers only
+            raise ValueError(f"{self} is not on a numbered layer")
+        return self.layer, self.index
+
+
 def parse_neuron_ref(ref: str) -> tuple[int, int]:
-    """Parse a neuron written for people: ``L6/N1234``, ``6/1234``, ``6:1234`` -> ``(6, 1234)``."""
-    match = _NEURON_RE.match(ref)
-    if not match:
-        raise UnknownSiteError(f"cannot read neuron reference {ref!r}; write it as L6/N1234 or 6/1234")
-    return int(match.group(1)), int(match.group(2))
+    """Parse a neuron written for people: ``L6/N1234``, ``6/1234``, ``6:1234`` -> ``(6, 1234)`` (see
+    :meth:`NeuronRef.parse`)."""
+    return NeuronRef.parse(ref).pair
+
+
+def neuron_ref(site: str | Site, neuron: int) -> str:
+    """``('blocks.6.mlp.hook_post', 12)`` -> ``'L6/N12'``; ``('transformer.h.6.attn', 3)`` ->
+    ``'transformer.h.6.attn/N3'``."""
+    return str(NeuronRef.at(site, neuron))
 
 
 def resolve_all(resolve: Callable[[str | int | Site], Site], names: Iterable[str | int | Site] | str | int | Site,
@@ -250,6 +345,10 @@ class SiteResolver:
     def module(self, site: Site) -> nn.Module:
         return self._modules[site.module_path]
 
+    def block_module(self, index: int) -> nn.Module:
+        """Block ``index`` itself (where an early stop is hooked)."""
+        return self.model.get_submodule(f"{self._blocks_path}.{index}")
+
     # ------------------------------------------------------------------ resolution
     def resolve(self, name: str | int | Site) -> Site:
         """One name -> Site. Raises UnknownSiteError (with close matches) or UnsupportedModelError."""
@@ -264,16 +363,11 @@ class SiteResolver:
         text = name.strip()
         if not text:
             raise UnknownSiteError("empty site name")
-        match = _CANONICAL_RE.match(text)
-        if match is None:
-            for pattern in _SHORTHAND_RES:
-                match = pattern.match(text)
-                if match is not None:
-                    break
-        if match is not None:
+        layer = layer_of_site_name(text)
+        if layer is not None:
             if not self.has_mlp_sites and text in self._modules:
                 return Site(name=text, module_path=text, read="output")
-            return self.mlp_site(int(match.group(1)))
+            return self.mlp_site(layer)
         if text in self._modules and text != "":
             # A canonical site's own module path maps to the canonical site, so both spellings share data.
             for layer in range(self.n_layers):

@@ -6,7 +6,8 @@ Usage::
     run.write_json("manifest.json", {...})                      # temp file + rename: never half-written
     run.path_for("tables/neuron_stats.parquet")                 # refuses paths that escape the folder
 
-Layout (DESIGN.md): manifest.json, profile/, tables/, figures/, findings.json, trace.jsonl, report.md/.html.
+Layout (docs/ARCHITECTURE.md, "Run folder"): manifest.json, profile/, tables/, figures/, findings.json, trace.jsonl,
+report.md/.html.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
+from neuron_core.sites import NeuronRef
 from tools.findings import Finding, Quantity, ref_parts
 
 __all__ = ["ClaimIssue", "ClaimCheck", "check_claims", "remove_sentences", "split_sentences", "QUANTITY_WORDS"]
@@ -201,7 +202,7 @@ def _scan_ids(s: _Sentence, index: _Index) -> None:
             s.problems.append(f"cites {m.group(0)}, which is not a finding")
     for m in s.blank(_REF):
         s.stated = True
-        ref = f"L{int(m.group(1))}/N{int(m.group(2))}"
+        ref = str(NeuronRef(int(m.group(1)), int(m.group(2))))
         s.refs.append((m.start(), ref))
         if ref not in index.refs:
             s.problems.append(f"{ref} is not in any finding")

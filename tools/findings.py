@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neuron_core.errors import CorruptRunFolderError, InputError
+from neuron_core.errors import CorruptRunFolderError, InputError, UnknownSiteError
+from neuron_core.sites import NeuronRef
 from neuron_core.store import RunFolder
 
 __all__ = ["Finding", "FindingsDocument", "FindingStore", "FindingKind", "Quantity", "Label", "Verdict",
@@ -47,19 +48,15 @@ _NAME = r"^[a-z][a-z0-9_]*$"
 
 def ref_parts(ref: str) -> tuple[int, int]:
     """``'L6/N12'`` (or ``'6/12'``) -> ``(6, 12)``; a ref that is not a neuron id is an InputError."""
-    from neuron_core.errors import UnknownSiteError
-    from neuron_core.sites import parse_neuron_ref
-
     try:
-        return parse_neuron_ref(ref.replace(" ", ""))
+        return NeuronRef.parse(ref.replace(" ", "")).pair
     except UnknownSiteError as exc:
         raise InputError(str(exc)) from None
 
 
 def normalise_ref(ref: str) -> str:
     """``'l6/n12'``, ``'6/12'``, ``'L6 / N12'`` -> ``'L6/N12'``."""
-    layer, neuron = ref_parts(ref)
-    return f"L{layer}/N{neuron}"
+    return str(NeuronRef(*ref_parts(ref)))
 
 
 class MissingQuantityError(LookupError):
@@ -85,7 +82,7 @@ class _Of(BaseModel):
         layer, index = ref_parts(str(data["neuron"]))
         if data.get("layer") is not None and int(data["layer"]) != layer:
             raise ValueError(f"layer {data['layer']} contradicts neuron {data['neuron']}")
-        return {**data, "neuron": f"L{layer}/N{index}", "layer": layer}
+        return {**data, "neuron": str(NeuronRef(layer, index)), "layer": layer}
 
     @property
     def where(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from neuron_core.errors import InputError
+from neuron_core.sites import NeuronRef, canonical_site_name, layer_of_site_name, neuron_ref, site_label
 from tools._base import StrictArgs, ToolContext, fence, register
 from tools.findings import FindingStore, Label, Quantity, quantities_of
 
@@ -27,37 +28,19 @@ __all__ = ["NeuronStatsArgs", "LayerStats", "NeuronRow", "ExamplesArgs", "Neuron
            "site_label", "site_layer", "record_layer_stats", "record_logit_effects"]
 
 
-def site_ref(site: str, neuron: int) -> str:
-    """``('blocks.6.mlp.hook_post', 12)`` -> ``'L6/N12'``."""
-    from neuron_core.viz import neuron_ref
-
-    return neuron_ref(site, neuron)
-
-
-def site_label(site: str) -> str:
-    """``'blocks.6.mlp.hook_post'`` -> ``'L6'`` (other site names as they are)."""
-    from neuron_core.viz._types import site_label as label
-
-    return label(site)
-
-
-def site_layer(site: str) -> int | None:
-    """``'blocks.6.mlp.hook_post'`` -> 6; None for a site that is not a numbered layer."""
-    from neuron_core.viz._types import layer_index
-
-    return layer_index(site)
+# The names of sites and neurons live in neuron_core.sites; these are its functions under the tools' names.
+site_ref = neuron_ref  # ('blocks.6.mlp.hook_post', 12) -> 'L6/N12'
+site_layer = layer_of_site_name  # 'blocks.6.mlp.hook_post' -> 6; None for a site that is not a numbered layer
 
 
 def parse_ref(ctx: ToolContext, ref: str) -> tuple[str, int]:
     """``'L6/N12'`` -> (canonical site, 12), checked against the loaded model (or the profile)."""
-    from neuron_core.sites import canonical_site_name, parse_neuron_ref
-
-    layer, neuron = parse_neuron_ref(ref)
+    layer, neuron = NeuronRef.parse(ref).pair
     if ctx.interface is not None:
         site = ctx.interface.resolve(layer).name
     else:
         site = canonical_site_name(layer)
-    if ctx.profile is not None and site in ctx.profile.sites:
+    if ctx.profile is not None and site in ctx.profile.site_stats:
         n = ctx.profile[site].n_neurons
         if not 0 <= neuron < n:
             raise InputError(f"neuron {neuron} out of range for layer {layer} (0-{n - 1})")

@@ -1,1 +1,1 @@
-"""workflows layer (see ../shared/DESIGN.md)."""
+"""workflows layer (see docs/ARCHITECTURE.md)."""

@@ -138,8 +138,10 @@ def _step_label(step: StepActivations) -> str:
 
 def _top_across(monitor: LiveMonitor, step: StepActivations, n: int) -> list[tuple[str, float]]:
     """The n most active neurons over all watched sites, labelled L{layer}/N{index}."""
-    names = {s.name: (f"L{s.layer}" if s.layer is not None else s.name) for s in monitor.sites}
-    pairs = [(f"{names[site]}/N{i}", v) for site, top in step.top.items()
+    from neuron_core.sites import neuron_ref
+
+    sites = {s.name: s for s in monitor.sites}
+    pairs = [(neuron_ref(sites[site], i), v) for site, top in step.top.items()
              for i, v in zip(top.indices, top.values, strict=True)]
     return sorted(pairs, key=lambda p: -p[1])[:n]
 

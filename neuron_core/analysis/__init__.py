@@ -16,7 +16,7 @@ from neuron_core.analysis.contexts import Context, contexts_from_profile, contex
 from neuron_core.analysis.embed import HiddenStateEmbedder, MiniLMEmbedder, SubjectEmbedder
 from neuron_core.analysis.logits import direct_effect, logit_lens, neuron_logit_effects
 from neuron_core.analysis.neuron_stats import layer_summary, neuron_table
-from neuron_core.analysis.polysemantic import DetectorConfig, PolysemanticDetector, PolysematicDetector, neuron_ref
+from neuron_core.analysis.polysemantic import DetectorConfig, PolysemanticDetector, PolysematicDetector
 from neuron_core.analysis.tokens import text_neuron_map, token_activations
 from neuron_core.analysis.types import (
     DirectEffect,

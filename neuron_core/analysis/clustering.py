@@ -64,7 +64,7 @@ def cluster_neurons(record: ActivationRecord, site: str, n_clusters: int | None 
             best = (sil, labels)
     assert best is not None
     frame = pd.DataFrame({"neuron": neurons, "cluster": best[1], "mean_activation": acts[:, neurons].mean(0)})
-    return NeuronClusters(record._key(site), neurons, best[1], best[0], frame)
+    return NeuronClusters(record.key(site), neurons, best[1], best[0], frame)
 
 
 def cluster_contexts(contexts: Sequence[Context], n_clusters: int | None = None, embedder: Any = None) -> Any:

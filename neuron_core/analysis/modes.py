@@ -122,8 +122,16 @@ class Clustering:
 
     @classmethod
     def single(cls, labels: np.ndarray) -> Clustering:
-        """One mode holding every context that is not an outlier."""
+        """One mode holding every context that is not an outlier (the one place a one-mode clustering is built)."""
         return cls(np.where(labels >= 0, 0, -1), [0], 0.0, {0: 1.0}, {0: 1.0})
+
+    @classmethod
+    def of(cls, X: np.ndarray, labels: np.ndarray, modes: list[int], shares: dict[int, float],
+           weights: dict[int, float]) -> Clustering:
+        """A clustering of the contexts ``X`` with its silhouette computed (by :func:`silhouette`)."""
+        clustering = cls(labels, modes, 0.0, shares, weights)
+        clustering.silhouette = silhouette(X, clustering)
+        return clustering
 
     def members(self, mode: int) -> np.ndarray:
         return np.nonzero(self.labels == mode)[0]
@@ -272,8 +280,7 @@ def _merge(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: Detecto
         shares, weights = dict(clustering.shares), dict(clustering.weights)
         shares[a] += shares.pop(b)
         weights[a] += weights.pop(b)
-        clustering = Clustering(labels, [c for c in clustering.modes if c != b], 0.0, shares, weights)
-        clustering.silhouette = silhouette(X, clustering)
+        clustering = Clustering.of(X, labels, [c for c in clustering.modes if c != b], shares, weights)
     return Clustering.single(clustering.labels), None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from neuron_core.profile import NeuronProfile
+from neuron_core.sites import NeuronRef
 
 __all__ = ["neuron_table", "layer_summary"]
 
@@ -32,7 +33,8 @@ def neuron_table(profile: NeuronProfile, *, dead_below: float = 1e-4, dense_abov
         frame = profile[site].table()
         layer = int(site.split(".")[1]) if site.startswith("blocks.") else -1
         frame.insert(1, "layer", layer)
-        frame.insert(3, "ref", [f"L{layer}/N{n}" if layer >= 0 else f"{site}/N{n}" for n in frame["neuron"]])
+        frame.insert(3, "ref", [str(NeuronRef(layer if layer >= 0 else None, n, site))
+                                  for n in frame["neuron"]])
         maxes = frame["max"].to_numpy()
         finite = np.isfinite(maxes)
         med = np.median(maxes[finite]) if finite.any() else 0.0

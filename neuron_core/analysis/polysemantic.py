@@ -52,7 +52,6 @@ from neuron_core.analysis.modes import (
     centroids,
     cluster,
     merge_and_score,
-    silhouette,
     view_scale,
 )
 from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron, Verdict
@@ -61,6 +60,7 @@ from neuron_core.corpus import ConceptProbes, load_probes
 from neuron_core.distributed import Executor, check_executor, run_tasks
 from neuron_core.errors import CorpusTooSmallError, InputError
 from neuron_core.profile import NeuronProfile
+from neuron_core.sites import neuron_ref
 
 __all__ = ["DetectorConfig", "PolysemanticDetector", "PolysematicDetector", "neuron_ref", "verdict_of"]
 
@@ -169,12 +169,6 @@ def verdict_of(score: float, n_modes: int, n_above: int, n_null: int, cfg: Detec
     return "borderline" if lower < cfg.alpha else "not detected"
 
 
-def neuron_ref(site: str, neuron: int) -> str:
-    if site.startswith("blocks.") and site.endswith(".mlp.hook_post"):
-        return f"L{site.split('.')[1]}/N{neuron}"
-    return f"{site}/N{neuron}"
-
-
 _T = TypeVar("_T")
 REFERENCE_SEED = 0  # the draw of random contexts the embedding is standardised against, whatever the seed
 
@@ -221,6 +215,15 @@ class _NullDraws:
             X, ev = self.pool_x[idx], self.pool_ev.take(idx)
             scores[i] = merge_and_score(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, vals, self.concept_cents)[1]
         return scores
+
+
+@dataclass
+class _Gathered:
+    """One chosen neuron and its corpus contexts (before any probe mode is added)."""
+
+    site: str
+    neuron: int
+    contexts: list[Context]
 
 
 @dataclass
@@ -288,7 +291,7 @@ class _DetectorPart:
             interface = ModelInterface.from_pretrained(model)
         self.detector = PolysemanticDetector(source, interface=interface, neurons=neurons, **kwargs)
 
-    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+    def prepare_part(self) -> tuple[_NullDraws | None, list[_WorkSummary]]:
         return self.detector.prepare_part()
 
     def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
@@ -358,8 +361,7 @@ class PolysemanticDetector:
 
             interface = interface if isinstance(interface, ModelInterface) else ModelInterface(interface)
         self.interface = interface
-        all_sites = source.sites if isinstance(source, ActivationRecord) else source.site_names
-        self.sites = [self._site_key(s) for s in sites] if sites is not None else list(all_sites)
+        self.site_names = [source.key(s) for s in sites] if sites is not None else list(source.site_names)
         self._neurons_arg = neurons
         self._embedder_spec = embedder
         self._embedder: Embedder | None = None
@@ -372,10 +374,10 @@ class PolysemanticDetector:
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
-    def _site_key(self, site: str) -> str:
-        if isinstance(self.source, ActivationRecord):
-            return self.source._key(site)
-        return self.source._key(site)
+    @property
+    def sites(self) -> list[str]:
+        """Deprecated alias of :attr:`site_names` (the analysed site names)."""
+        return self.site_names
 
     def _acts_max(self, site: str) -> torch.Tensor:
         if isinstance(self.source, ActivationRecord):
@@ -427,7 +429,7 @@ class PolysemanticDetector:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            layers = [int(s.split(".")[1]) for s in self.sites if s.startswith("blocks.")]
+            layers = [int(s.split(".")[1]) for s in self.site_names if s.startswith("blocks.")]
             layer = min(layers) if layers else None
             spec = self._embedder_spec
             if spec == "auto":
@@ -482,8 +484,7 @@ class PolysemanticDetector:
         names, cents = self._stage("probes", self._probes)
         concept_cents = cents if self.config.merge_same_concept and len(names) else None
         probe_acts = self._stage("probe_selectivity", lambda: self._probe_selectivity(gathered))
-        work = self._stage("cluster", lambda: [self._analyse(site, neuron, ctxs, probe_acts, concept_cents)
-                                               for site, neuron, ctxs in gathered])
+        work = self._stage("cluster", lambda: [self._analyse(g, probe_acts, concept_cents) for g in gathered])
         draws = self._stage("null_inputs", lambda: self._draws(gathered, null_pool, concept_cents))
         return _Prepared(work, draws, names, cents)
 
@@ -498,17 +499,17 @@ class PolysemanticDetector:
         """The neurons in ``shards`` parts (round robin, so each part gets strong and weak ones); each part is
         prepared by its own worker, the null is computed once over every part's neurons, then each part finishes.
         A neuron's result does not depend on its company, so this equals one run."""
-        chosen = {site: self._neurons_for(site) for site in self.sites}
+        chosen = {site: self._neurons_for(site) for site in self.site_names}
         groups = [{site: ns[k::self.shards] for site, ns in chosen.items()} for k in range(self.shards)]
         groups = [g for g in groups if any(g.values())]
         kwargs = {"embedder": self._embedder_spec, "probes": self._probes_arg, "config": self.config,
-                  "sites": self.sites, "seed": self.seed}
+                  "sites": self.site_names, "seed": self.seed}
         with _parts(self.source, self.interface, groups, kwargs, self.executor, self.address) as parts:
             t0 = time.perf_counter()
             summaries = parts.call("prepare_part")
             self.timings["parts_prepare"] = time.perf_counter() - t0
             draws = next((d for d, _ in summaries if d is not None), None)
-            work = [_WorkSummary(size, score, n_modes) for _, ws in summaries for size, score, n_modes in ws]
+            work = [summary for _, part in summaries for summary in part]
             nulls = self._stage("null", lambda: self._nulls(draws, work))
             t0 = time.perf_counter()
             finished = parts.call("finish_part", nulls)
@@ -518,13 +519,13 @@ class PolysemanticDetector:
         return results
 
     # the two halves of a part's run (a Ray actor calls them; see :meth:`_run_in_parts`)
-    def prepare_part(self) -> tuple[_NullDraws | None, list[tuple[int, float, int]]]:
+    def prepare_part(self) -> tuple[_NullDraws | None, list[_WorkSummary]]:
+        """The first half of a part's run: everything before the null; what the null needs of its neurons."""
         self._prepared = self._prepare()
-        cfg = self.config
-        return self._prepared.draws, [(null_size(w.n_corpus, cfg.min_contexts) if w.n_corpus >= cfg.min_contexts
-                                       else -1, float(w.score), len(w.clustering.modes)) for w in self._prepared.work]
+        return self._prepared.draws, [_WorkSummary.of(w, self.config) for w in self._prepared.work]
 
     def finish_part(self, nulls: dict[int, np.ndarray]) -> list[PolysemanticNeuron]:
+        """The second half of a part's run, given the nulls computed over every part."""
         if self._prepared is None:
             raise RuntimeError("finish_part() before prepare_part()")
         return self._finish(self._prepared, nulls)
@@ -535,18 +536,18 @@ class PolysemanticDetector:
         self.timings[name] = time.perf_counter() - t0
         return out
 
-    def _gather(self) -> list[tuple[str, int, list[Context]]]:
+    def _gather(self) -> list[_Gathered]:
         cfg = self.config
-        gathered = [(site, neuron, self._contexts(site, neuron)) for site in self.sites
+        gathered = [_Gathered(site, neuron, self._contexts(site, neuron)) for site in self.site_names
                     for neuron in self._neurons_for(site)]
-        if gathered and not any(len(c) >= cfg.min_contexts for _, _, c in gathered):
-            most = max(len(c) for _, _, c in gathered)
+        if gathered and not any(len(g.contexts) >= cfg.min_contexts for g in gathered):
+            most = max(len(g.contexts) for g in gathered)
             raise CorpusTooSmallError(
                 f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "
                 f"(a few hundred tokens at least) or lower DetectorConfig.min_contexts")
         return gathered
 
-    def _embed_all(self, gathered: list[tuple[str, int, list[Context]]]) -> list[Context]:
+    def _embed_all(self, gathered: list[_Gathered]) -> list[Context]:
         """Embed every context once (the embedder caches), the null's random pool too. The embedding's reference
         (the subject embedder's standardisation, the views' random-pair scale) comes from a fixed draw of random
         contexts, the same whatever the seed: it is a property of the site, and a seed that moved it would move
@@ -554,8 +555,8 @@ class PolysemanticDetector:
         cfg = self.config
 
         def draw(seed: int) -> list[Context]:
-            return [c for site in self.sites for c in random_contexts(
-                self.source, site, cfg.null_pool // max(1, len(self.sites)), seed=seed,
+            return [c for site in self.site_names for c in random_contexts(
+                self.source, site, cfg.null_pool // max(1, len(self.site_names)), seed=seed,
                 before=cfg.window_before, after=cfg.window_after)]
 
         reference, null_pool = draw(REFERENCE_SEED), draw(self.seed)
@@ -568,7 +569,7 @@ class PolysemanticDetector:
         randoms = {(c.text, c.start, c.end): c for c in reference + null_pool}
         if randoms:
             self._views(list(randoms.values()))
-        unique = {(c.text, c.start, c.end): c for _, _, ctxs in gathered for c in ctxs}
+        unique = {(c.text, c.start, c.end): c for g in gathered for c in g.contexts}
         if unique:
             self._views([c for key, c in unique.items() if key not in randoms])
         if len(reference) >= 2:
@@ -592,7 +593,7 @@ class PolysemanticDetector:
         X, W, C = self._views(ctxs)
         return X, ModeEvidence.of(ctxs, W, C, self._scale)
 
-    def _probe_selectivity(self, gathered: list[tuple[str, int, list[Context]]]) -> dict[str, Any]:
+    def _probe_selectivity(self, gathered: list[_Gathered]) -> dict[str, Any]:
         """Per site, each analysed neuron's response to the probes' held-out spans (with a model interface)."""
         cfg = self.config
         if not cfg.probe_modes or self.interface is None:
@@ -600,15 +601,14 @@ class PolysemanticDetector:
         from neuron_core.analysis.probes import ProbeActivations
 
         wanted: dict[str, list[int]] = {}
-        for site, neuron, ctxs in gathered:
-            if len(ctxs) >= cfg.min_contexts:
-                wanted.setdefault(site, []).append(neuron)
+        for g in gathered:
+            if len(g.contexts) >= cfg.min_contexts:
+                wanted.setdefault(g.site, []).append(g.neuron)
         return ProbeActivations.compute(self.interface, wanted, self._probe_sets()) if wanted else {}
 
-    def _analyse(self, site: str, neuron: int, ctxs: list[Context], probe_acts: dict[str, Any],
-                 concept_cents: np.ndarray | None) -> _Work:
+    def _analyse(self, g: _Gathered, probe_acts: dict[str, Any], concept_cents: np.ndarray | None) -> _Work:
         """Cluster one neuron's contexts, add the modes only the probes show, merge into concepts, score."""
-        cfg = self.config
+        cfg, site, neuron, ctxs = self.config, g.site, g.neuron, g.contexts
         X, ev = self._evidence(ctxs)
         values = np.array([c.value for c in ctxs])
         sampled = np.array([c.sampled for c in ctxs], dtype=float)
@@ -619,11 +619,11 @@ class PolysemanticDetector:
                                                               concept_cents)
         return w
 
-    def _draws(self, gathered: list[tuple[str, int, list[Context]]], null_pool: list[Context],
+    def _draws(self, gathered: list[_Gathered], null_pool: list[Context],
                concept_cents: np.ndarray | None) -> _NullDraws | None:
         """What the null sets are drawn from: the pool's embeddings and the value sets (None: no null possible)."""
         cfg = self.config
-        known = {(site, neuron): ctxs for site, neuron, ctxs in gathered}  # corpus contexts, before probe modes
+        known = {(g.site, g.neuron): g.contexts for g in gathered}  # corpus contexts, before probe modes
         usable = [ctxs for ctxs in known.values() if len(ctxs) >= cfg.min_contexts]
         value_sets = [v for v in self._null_values(known) or [np.array([c.value for c in ctxs]) for ctxs in usable]
                       if v.size]
@@ -717,8 +717,7 @@ class PolysemanticDetector:
         w.X = np.concatenate([w.X, X2])
         w.evidence = w.evidence.extend(ev2)
         w.values = np.concatenate([w.values, [x.value for x in new_ctx]])
-        w.clustering = Clustering(np.concatenate([c.labels, new_labels]), modes, 0.0, shares, weights)
-        w.clustering.silhouette = silhouette(w.X, w.clustering)
+        w.clustering = Clustering.of(w.X, np.concatenate([c.labels, new_labels]), modes, shares, weights)
 
     def _null_values(self, known: dict[tuple[str, int], list[Context]]) -> list[np.ndarray]:
         """The activation values of the strong contexts of ``null_value_neurons`` neurons drawn at random (seeded)
@@ -726,9 +725,9 @@ class PolysemanticDetector:
         already gathered (the analysed neurons'), reused."""
         cfg = self.config
         rng = np.random.default_rng([self.seed, 1])
-        per_site = max(1, cfg.null_value_neurons // max(1, len(self.sites)))
+        per_site = max(1, cfg.null_value_neurons // max(1, len(self.site_names)))
         out = []
-        for site in self.sites:
+        for site in self.site_names:
             peak = self._acts_max(site)
             live = torch.nonzero(torch.isfinite(peak) & (peak > 0)).flatten().cpu().numpy()
             for neuron in np.sort(rng.choice(live, size=min(per_site, live.size), replace=False)):
@@ -821,7 +820,7 @@ class PolysemanticDetector:
         return found[:top_n] if top_n is not None else found
 
     def describe(self, site: str, neuron: int) -> PolysemanticNeuron:
-        key = self._site_key(site)
+        key = self.source.key(site)
         for r in self.run():
             if r.site == key and r.neuron == neuron:
                 return r

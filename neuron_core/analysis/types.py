@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from neuron_core.sites import neuron_ref
+
 __all__ = ["ModeExample", "Mode", "PolysemanticNeuron", "Verdict", "NeuronLogitEffects", "DirectEffect"]
 
 
@@ -81,10 +83,7 @@ class PolysemanticNeuron(BaseModel):
     @property
     def ref(self) -> str:
         """Neuron id for people: L6/N1234 (site name when the site is not a canonical block)."""
-        import re
-
-        m = re.match(r"^blocks\.(\d+)\.mlp\.hook_post$", self.site)
-        return f"L{m.group(1)}/N{self.neuron}" if m else f"{self.site}/N{self.neuron}"
+        return neuron_ref(self.site, self.neuron)
 
 
 class NeuronLogitEffects(BaseModel):

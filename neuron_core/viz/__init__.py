@@ -19,8 +19,9 @@ untrusted: matplotlib text is escaped against mathtext, HTML is autoescaped and 
 ``<``, ``>``, ``&``, behind a Content-Security-Policy that only runs the pages' own scripts.
 """
 
+from neuron_core.sites import neuron_ref
 from neuron_core.viz._figures import save
-from neuron_core.viz._types import NeuronLogitEffects, neuron_ref
+from neuron_core.viz._types import NeuronLogitEffects
 from neuron_core.viz._visualizer import ActivationVisualizer, plot_logit_effects, plot_mode_shares
 
 __all__ = ["ActivationVisualizer", "NeuronLogitEffects", "neuron_ref", "plot_logit_effects", "plot_mode_shares",

@@ -16,7 +16,6 @@ where only the example token's own activation is known (the other context values
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,8 +24,7 @@ import numpy as np
 from neuron_core.capture import ActivationRecord
 from neuron_core.errors import InputError, UnknownSiteError
 from neuron_core.profile import NeuronProfile, SiteProfile
-from neuron_core.sites import Site, canonical_site_name, parse_neuron_ref
-from neuron_core.viz._types import LAYER_PATTERNS
+from neuron_core.sites import NeuronRef, Site, find_site_name
 
 __all__ = ["TokenExample", "Summary", "Histogram", "Source", "as_source"]
 
@@ -107,20 +105,9 @@ class Source:
             if len(self.site_names) == 1:
                 return self.site_names[0]
             raise InputError(f"name a layer: this {self.kind} has sites {', '.join(self.site_names)}")
-        if isinstance(layer, Site):
-            layer = layer.name
-        if isinstance(layer, str) and layer in self.site_names:
-            return layer
-        text = str(layer).strip()
-        for pattern in LAYER_PATTERNS:
-            m = pattern.match(text)
-            if m:
-                index = int(m.group(1))
-                if index < 0 and self.n_layers:
-                    index += self.n_layers
-                name = canonical_site_name(index)
-                if name in self.site_names:
-                    return name
+        name = find_site_name(layer, self.site_names, self.n_layers)
+        if name is not None:
+            return name
         raise UnknownSiteError(f"site {layer!r} is not in this {self.kind}; it has {', '.join(self.site_names)}")
 
     @property
@@ -136,11 +123,8 @@ class Source:
         if isinstance(neuron, str):
             if layer is not None and neuron.strip().lstrip("Nn").isdigit():
                 return self._checked(self.site(layer), int(neuron.strip().lstrip("Nn")))
-            m = re.match(r"^\s*(.+?)/N(\d+)\s*$", neuron)  # '<site name>/N12' for non-canonical sites
-            if m and m.group(1) in self.site_names:
-                return self._checked(m.group(1), int(m.group(2)))
-            lay, idx = parse_neuron_ref(neuron)
-            return self._checked(self.site(lay), idx)
+            ref = NeuronRef.parse(neuron, sites=self.site_names)
+            return self._checked(ref.site if ref.layer is None else self.site(ref.layer), ref.index)
         if isinstance(neuron, (int, np.integer)) and not isinstance(neuron, bool):
             return self._checked(self.site(layer), int(neuron))
         raise InputError(f"cannot read neuron {neuron!r}: give an int with layer=, 'L6/N12' or (site, index)")
@@ -193,15 +177,15 @@ class RecordSource(Source):
 
     @property
     def n_layers(self) -> int:
-        resolver = getattr(self.record, "_resolver", None)
+        resolver = self.record.resolver
         return int(getattr(resolver, "n_layers", 0) or 0) if resolver is not None else 0
 
     def site(self, layer: str | int | Site | None) -> str:
         try:
             return super().site(layer)
         except UnknownSiteError:
-            if layer is not None and self.record._resolver is not None:
-                return self.record._key(layer)  # the model's own names (raw module paths)
+            if layer is not None and self.record.resolver is not None:
+                return self.record.key(layer)  # the model's own names (raw module paths)
             raise
 
     def acts(self, site: str) -> np.ndarray:

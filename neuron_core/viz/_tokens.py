@@ -127,6 +127,27 @@ def _example_strips(examples: list[TokenExample]) -> list[list[tuple[str, float 
             for ex in examples]
 
 
+def _draw_bars(fig: Figure, values: np.ndarray, bar_labels: list[str], bar_title: str, scale: tuple[Any, Any],
+               rotate: int, sizes: tuple[float, float, float]) -> None:
+    """The bar view under the token strip: one bar per token, coloured on the strip's scale."""
+    norm, cmap = scale
+    label_room, bar_h, height = sizes
+    bar_ax = fig.add_axes((0.7 / WIDTH, label_room / height, (WIDTH - 0.95) / WIDTH, bar_h / height))
+    cm = colormap(cmap)
+    xs = np.arange(len(values))
+    bar_ax.bar(xs, values, color=[cm(norm(v)) for v in values], edgecolor="#555555", linewidth=0.3)
+    bar_ax.axhline(0, color="black", linewidth=0.6)
+    bar_ax.set_xlim(-0.6, len(values) - 0.4)
+    step = 1 if len(values) <= 80 else int(np.ceil(len(values) / 60))
+    bar_ax.set_xticks(xs[::step], [mpl_text(bar_labels[i]) for i in xs[::step]], rotation=rotate,
+                      fontsize=7.5 if len(values) > 40 else 8.5, fontfamily="DejaVu Sans Mono")
+    bar_ax.set_ylabel("activation", fontsize=9)
+    bar_ax.set_title(bar_title + (f" (1 in {step} tokens labelled)" if step > 1 else ""), fontsize=9, loc="left")
+    bar_ax.tick_params(length=2, labelsize=8)
+    for side in ("top", "right"):
+        bar_ax.spines[side].set_visible(False)
+
+
 def token_figure(src: Source, site: str, neuron: int, *, text: int | str | None = None, max_tokens: int = 160,
                  n_examples: int = 8) -> Figure:
     """A strip of token boxes coloured by the neuron's activation, and a bar view of the same values."""
@@ -174,18 +195,5 @@ def token_figure(src: Source, site: str, neuron: int, *, text: int | str | None 
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
     cax.tick_params(labelsize=7, length=2)
     cax.set_title("activation", fontsize=8, pad=2)
-    bar_ax = fig.add_axes((0.7 / WIDTH, label_room / height, (WIDTH - 0.95) / WIDTH, bar_h / height))
-    cm = colormap(cmap)
-    xs = np.arange(len(values))
-    bar_ax.bar(xs, values, color=[cm(norm(v)) for v in values], edgecolor="#555555", linewidth=0.3)
-    bar_ax.axhline(0, color="black", linewidth=0.6)
-    bar_ax.set_xlim(-0.6, len(values) - 0.4)
-    step = 1 if len(values) <= 80 else int(np.ceil(len(values) / 60))
-    bar_ax.set_xticks(xs[::step], [mpl_text(bar_labels[i]) for i in xs[::step]], rotation=rotate,
-                      fontsize=7.5 if len(values) > 40 else 8.5, fontfamily="DejaVu Sans Mono")
-    bar_ax.set_ylabel("activation", fontsize=9)
-    bar_ax.set_title(bar_title + (f" (1 in {step} tokens labelled)" if step > 1 else ""), fontsize=9, loc="left")
-    bar_ax.tick_params(length=2, labelsize=8)
-    for side in ("top", "right"):
-        bar_ax.spines[side].set_visible(False)
+    _draw_bars(fig, values, bar_labels, bar_title, (norm, cmap), rotate, (label_room, bar_h, height))
     return fig

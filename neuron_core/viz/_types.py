@@ -12,46 +12,18 @@ Any object with the same attributes works in place of these classes (the analysi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from neuron_core.errors import InputError
+from neuron_core.sites import layer_of_site_name, neuron_ref, site_label
 
 __all__ = ["NeuronLogitEffects", "as_neurons", "as_logit_effects", "neuron_ref", "site_label", "layer_index",
-           "LAYER_PATTERNS", "verdict_title"]
+           "verdict_title"]
 
-# Names people write for layer i's MLP neurons (as neuron_core.sites accepts them).
-LAYER_PATTERNS = (
-    re.compile(r"^blocks\.(-?\d+)(?:\.mlp(?:\.hook_post)?)?$"),
-    re.compile(r"^mlp[._ ]?(-?\d+)$", re.IGNORECASE),
-    re.compile(r"^(?:layer|block)[._ ]*(-?\d+)$", re.IGNORECASE),
-    re.compile(r"^l(-?\d+)$", re.IGNORECASE),
-    re.compile(r"^(-?\d+)$"),
-)
-
-
-def layer_index(site: str) -> int | None:
-    """The layer a site name stands for (``'blocks.6.mlp.hook_post'``, ``'layer 6'``, ``'L6'`` -> 6), else None."""
-    text = str(site).strip()
-    for pattern in LAYER_PATTERNS:
-        m = pattern.match(text)
-        if m:
-            return int(m.group(1))
-    return None
-
-
-def site_label(site: str) -> str:
-    """``'blocks.6.mlp.hook_post'`` (or ``'layer 6'``) -> ``'L6'``; other site names are returned as they are."""
-    index = layer_index(site)
-    return f"L{index}" if index is not None and index >= 0 else str(site)
-
-
-def neuron_ref(site: str, neuron: int) -> str:
-    """``('blocks.6.mlp.hook_post', 12)`` -> ``'L6/N12'`` (the same form as ``PolysemanticNeuron.ref``)."""
-    return f"{site_label(site)}/N{neuron}"
+layer_index = layer_of_site_name  # the layer a site name stands for, else None (see neuron_core.sites)
 
 
 class NeuronLogitEffects(BaseModel):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from neuron_core import ModelInterface, UnknownSiteError, UnsupportedModelError, parse_neuron_ref
-from neuron_core.sites import SiteResolver
+from neuron_core.sites import NeuronRef, SiteResolver, find_site_name, layer_of_site_name, neuron_ref, site_label
 
 
 @pytest.mark.parametrize("name", ["blocks.2.mlp.hook_post", "mlp.2", "mlp2", "2", "layer 2", "Layer_2", "L2",
@@ -143,3 +143,26 @@ def test_parse_neuron_ref(ref, expected):
 def test_parse_neuron_ref_bad():
     with pytest.raises(UnknownSiteError):
         parse_neuron_ref("neuron twelve")
+
+
+@pytest.mark.parametrize("text", ["L6/N12", "l6/n12", "6/12", "6:12", "L6 / N12", "layer 6, neuron 12", "blocks.6.12"])
+def test_neuron_ref_parse_forms(text):
+    ref = NeuronRef.parse(text)
+    assert (ref.layer, ref.index, ref.site, str(ref)) == (6, 12, "blocks.6.mlp.hook_post", "L6/N12")
+
+
+def test_neuron_ref_of_a_site():
+    assert str(NeuronRef.at("blocks.6.mlp.hook_post", 12)) == "L6/N12" == neuron_ref("layer 6", 12)
+    raw = NeuronRef.at("transformer.h.6.attn", 3)
+    assert (raw.layer, str(raw)) == (None, "transformer.h.6.attn/N3")
+    assert NeuronRef.parse("transformer.h.6.attn/N3", sites=["transformer.h.6.attn"]) == raw
+    with pytest.raises(UnknownSiteError):
+        NeuronRef.parse("L6N12")  # a separator is needed, as before NeuronRef
+
+
+def test_site_names_are_found_in_a_list():
+    names = ["blocks.0.mlp.hook_post", "blocks.2.mlp.hook_post", "transformer.h.1.attn"]
+    assert [find_site_name(s, names, n_layers=3) for s in ("layer 2", -1, "L0", "transformer.h.1.attn", "mlp.1")] \
+        == ["blocks.2.mlp.hook_post", "blocks.2.mlp.hook_post", "blocks.0.mlp.hook_post", "transformer.h.1.attn", None]
+    assert (layer_of_site_name("mlp.6"), layer_of_site_name("x.y"), site_label("blocks.3.mlp.hook_post")) == (6, None,
+                                                                                                              "L3")

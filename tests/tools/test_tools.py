@@ -42,13 +42,15 @@ def tiny_ctx(tmp_path_factory, tok, builtin_texts):
     calls = []
     ctx = ToolContext(RunFolder(root / "run"), embedder="hidden", models={"tiny-gpt2": interface},
                       on_call=calls.append)
-    ctx.test_calls = calls  # type: ignore[attr-defined]
     ctx.test_corpus = str(corpus)  # type: ignore[attr-defined]
-    ctx.test_root = root  # type: ignore[attr-defined]
     assert call_tool(ctx, "load_model", {"model": "tiny-gpt2"}).ok
     out = call_tool(ctx, "profile_corpus", {"layers": [1], "corpus": str(corpus), "max_tokens": 2500})
     assert out.ok, out.error
-    return ctx
+    yield ctx
+    # after every test of this module that called tools (whichever ran, in any order): the tmp root holds the
+    # corpus and the run folder, nothing else, and every call came back typed
+    assert sorted(p.name for p in root.iterdir()) == ["corpus.txt", "run"]
+    assert all(c.ok or c.error is not None for c in calls)
 
 
 def test_every_tool_has_bounded_typed_arguments():
@@ -147,9 +149,11 @@ def test_detect_describe_figures_dashboard(tiny_ctx):
 
 
 def test_nothing_was_written_outside_the_run_folder(tiny_ctx):
-    # (runs last in this module) the tmp root holds the corpus and the run folder, nothing else
-    assert sorted(p.name for p in tiny_ctx.test_root.iterdir()) == ["corpus.txt", "run"]
-    assert all(c.ok or c.error is not None for c in tiny_ctx.test_calls)
+    # tools that write (a table, a dashboard), called here: whichever tests run, and in any order, this one writes
+    # something; the context's teardown checks the same after all of them
+    assert call_tool(tiny_ctx, "neuron_stats", {"layer": 1, "top": 3}).ok
+    assert call_tool(tiny_ctx, "make_dashboard", {"max_pages": 1}).ok
+    assert sorted(p.name for p in tiny_ctx.run.root.parent.iterdir()) == ["corpus.txt", "run"]
 
 
 def test_unavailable_model_is_an_unrecoverable_error(tmp_path, monkeypatch):
