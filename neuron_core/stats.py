@@ -28,13 +28,13 @@ import torch
 
 from neuron_core import stats_device
 from neuron_core._statbits import (
-    _LOW_BITS,
-    _bin_offset,
-    _float32_floor,
-    _magnitude_codes,
-    _tie_broken,
-    _token_hash,
+    LOW_BITS,
+    bin_offset,
+    float32_floor,
     hist_edges,
+    magnitude_codes,
+    tie_broken,
+    token_hash,
     token_priority,
 )
 from neuron_core.batching import to_device
@@ -173,7 +173,7 @@ class ExampleSet:
         # k-th key, may enter (rare once warm). The keys came from float32 values (plus tie-break bits), so
         # comparing in float32 is exact; ties at the threshold stay candidates (the tie-break decides); NaN
         # compares False.
-        thr = _float32_floor(self.threshold)
+        thr = float32_floor(self.threshold)
         cand, count = None, 0
         if not self._empty:  # an empty set lets every value through: take the floor straight away
             cand = values >= thr if largest else values <= -thr
@@ -191,8 +191,8 @@ class ExampleSet:
             return
         n_idx, t_idx, grouped = _nonzero_by_neuron(cand, count)
         cand_keys = values[t_idx, n_idx].double()
-        low_bits = (_token_hash(doc, pos) & _LOW_BITS)[t_idx]
-        cand_keys = _tie_broken(cand_keys if largest else -cand_keys, low_bits)
+        low_bits = (token_hash(doc, pos) & LOW_BITS)[t_idx]
+        cand_keys = tie_broken(cand_keys if largest else -cand_keys, low_bits)
         self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx, grouped=grouped)
 
     def offer_ranked(self, row_keys: torch.Tensor, eligible: torch.Tensor, values: torch.Tensor, doc: torch.Tensor,
@@ -240,8 +240,8 @@ class ExampleSet:
         cand = keys >= top_keys.amin(1)  # [n, N]: the batch's top-kk of each neuron and its ties
         cand &= keys > -math.inf
         n_idx, t_idx, grouped = _nonzero_by_neuron(cand, int(torch.count_nonzero(cand)))
-        low_bits = (_token_hash(doc, pos) & _LOW_BITS)[t_idx]
-        cand_keys = _tie_broken(keys[t_idx, n_idx].double(), low_bits, finite=not has_nan)
+        low_bits = (token_hash(doc, pos) & LOW_BITS)[t_idx]
+        cand_keys = tie_broken(keys[t_idx, n_idx].double(), low_bits, finite=not has_nan)
         self._offer_sparse(n_idx, t_idx, cand_keys, values, doc, pos, ctx, grouped=grouped)
 
     def _offer_sparse(self, n_idx: torch.Tensor, t_idx: torch.Tensor, cand_keys: torch.Tensor,
@@ -372,10 +372,10 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 @functools.lru_cache(maxsize=16)
 def _bin_table(code_lo: int, k_bins: int, bits: int, device: str = "cpu") -> torch.Tensor:
-    """[65536] int32 on ``device``: :func:`_bin_offset` of every float32 whose top 16 bits (read as an unsigned
+    """[65536] int32 on ``device``: :func:`bin_offset` of every float32 whose top 16 bits (read as an unsigned
     number) are the index (exact: the offset reads only the top 9 + ``bits`` <= 15 bits). Shared: never modify."""
     patterns = (torch.arange(65536, dtype=torch.int64) << 16).to(torch.int32)  # wraps: the top half has the sign bit
-    return to_device(_bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
+    return to_device(bin_offset(patterns.view(torch.float32), code_lo, k_bins, bits), device)
 
 
 _MOMENT_BLOCK_VALUES = 1 << 18
@@ -436,7 +436,7 @@ class SiteStats:
         self.n_active = torch.zeros(n_neurons, dtype=torch.long, device=dev)
         self.n_nonfinite = torch.zeros(n_neurons, dtype=torch.long, device=dev)
         magnitudes = hist_edges(cfg.hist_lo, cfg.hist_hi, cfg.hist_bits)  # [K + 1]
-        self._code_lo = int(_magnitude_codes(magnitudes[:1], cfg.hist_bits)[0])
+        self._code_lo = int(magnitude_codes(magnitudes[:1], cfg.hist_bits)[0])
         self._k_bins = magnitudes.numel() - 1
         self.edges = to_device(torch.cat([-magnitudes.flip(0), magnitudes]), dev)  # [2K + 2] signed, increasing
         self.n_bins = self.edges.numel() + 1

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from neuron_core._statbits import _INT32_MIN, _LOW_BITS, _bin_offset, _tie_broken, _token_hash
+from neuron_core._statbits import INT32_MIN, LOW_BITS, bin_offset, tie_broken, token_hash
 
 if TYPE_CHECKING:
     from neuron_core.stats import SiteStats
@@ -66,8 +66,8 @@ def _token_bits(doc: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, tor
     """Per token [n]: the tie-break bits of its float64 keys (its hash masked to the mantissa bits below float32
     precision, int64) and its sample key (minus its hash, int32). Its own compiled function: inside the batch pass
     the compiler would recompute the hash (int64 modulo, slow on every device) for each of the N * n values."""
-    h = _token_hash(doc, pos)
-    return h & _LOW_BITS, (-h).to(torch.int32)
+    h = token_hash(doc, pos)
+    return h & LOW_BITS, (-h).to(torch.int32)
 
 
 def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, bin_base: torch.Tensor, *,
@@ -94,21 +94,21 @@ def _batch_pass(vt: torch.Tensor, hbits: torch.Tensor, neg_hash: torch.Tensor, b
     vmax = torch.where(finite, vt, -math.inf).amax(1).double()
     active = vn > threshold  # NaN compares False
     n_active = active.sum(1, dtype=torch.int32)
-    z = _bin_offset(vn, code_lo, k_bins, bits) + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
+    z = bin_offset(vn, code_lo, k_bins, bits) + bin_base[:, None]  # neuron * bins + (k + 1) + signed offset
     flat = torch.where(finite, z, size).reshape(-1)
     ones = torch.ones(1, dtype=torch.int32, device=vt.device).expand(flat.numel())
     counts = torch.zeros(size + 1, dtype=torch.int32, device=vt.device).index_add_(0, flat, ones)
-    keys = _tie_broken(vn.double(), hbits[None, :], finite=True)  # NaN stays NaN
+    keys = tie_broken(vn.double(), hbits[None, :], finite=True)  # NaN stays NaN
     high = torch.where(finite, keys, -math.inf)
     low = torch.where(finite, -keys, -math.inf) if want_low else None  # key of -value = -(key of value)
-    skeys = torch.where(active, neg_hash[None, :], _INT32_MIN) if want_sample else None
+    skeys = torch.where(active, neg_hash[None, :], INT32_MIN) if want_sample else None
     (c_top, k_top), (c_low, k_low), (c_sample, k_sample) = chunks
     if c_top:
         high = _chunk_max(high, c_top, k_top, -math.inf)
     if low is not None and c_low:
         low = _chunk_max(low, c_low, k_low, -math.inf)
     if skeys is not None and c_sample:
-        skeys = _chunk_max(skeys, c_sample, k_sample, _INT32_MIN)
+        skeys = _chunk_max(skeys, c_sample, k_sample, INT32_MIN)
     return n_good, mean_b, m2_b, vmin, vmax, n_active, counts, high, low, skeys
 
 
@@ -122,8 +122,8 @@ def _candidate_keys(vt: torch.Tensor, tok: torch.Tensor, hbits: torch.Tensor, ne
     v = vt.gather(1, t)
     ok = inside & torch.isfinite(v)
     if kind == "sample":
-        return torch.where(ok & (v > threshold), neg_hash[t], _INT32_MIN)
-    keys = _tie_broken(v.double(), hbits[t], finite=True)  # left-out entries are masked below
+        return torch.where(ok & (v > threshold), neg_hash[t], INT32_MIN)
+    keys = tie_broken(v.double(), hbits[t], finite=True)  # left-out entries are masked below
     return torch.where(ok, keys if kind == "top" else -keys, -math.inf)
 
 
@@ -186,7 +186,7 @@ def _update_set(kept: tuple[torch.Tensor, ...], batch_keys: torch.Tensor, vt: to
     best, tok = _select(batch_keys, kept[0].shape[1], c, n,
                         lambda t: _candidate_keys(vt, t, hbits, neg_hash, kind, threshold))
     if kind == "sample":  # int32 keys (a 32-bit top-k costs about half a 64-bit one) -> -priority, -inf = none
-        best = torch.where(best == _INT32_MIN, -math.inf, best.double() / float(1 << 31))
+        best = torch.where(best == INT32_MIN, -math.inf, best.double() / float(1 << 31))
     return merge_dense(kept, best, tok, vt, doc, pos, ctx)
 
 
