@@ -15,7 +15,11 @@ Method, per neuron:
 3. cluster (average linkage, k by the silhouette, k = 1 allowed), then merge the clusters that are one concept:
    same words, one token family, one probe concept, or close in either view (:mod:`neuron_core.analysis.modes`);
 4. score in [0, 1] = balance**``balance_power`` x separation term x (1 + quality term) / 2 (see
-   :func:`~neuron_core.analysis.modes.score_modes`); one mode scores 0;
+   :func:`~neuron_core.analysis.modes.score_modes`), where a mode weighs by its coherence (a scatter of unrelated
+   contexts is noise, not a concept); one mode scores 0. The score is the mean over ``n_bags`` random subsets of the
+   contexts, each clustered, merged and scored on its own (:func:`~neuron_core.analysis.modes.bagged_score`), so
+   that it does not hang on one context or on where a cluster's edge falls. It judges the corpus's contexts: modes
+   found through the probes only (step 7) are reported, not scored;
 5. null: the same procedure on ``n_null`` random sets of contexts from the analysed sites' tokens, *as many as the
    neuron has* (random sets of 12 contexts split into modes far more often than sets of 40: a p-value against a
    mix of sizes is too small for neurons with few contexts and too large for neurons with many), each set with the
@@ -27,7 +31,7 @@ Method, per neuron:
    could decide either way) or not detected. A size with a borderline neuron gets more random sets, doubling, up to
    ``n_null_max`` (sequential Monte Carlo): the verdicts near ``alpha`` are settled by more draws, not by the seed;
 7. name each mode by the probe concept whose centroid is closest (cosine >= ``probe_min_similarity``) and its top
-   tokens;
+   tokens; add a mode for each probe concept the neuron answers strongly and selectively that no mode covers;
 8. for the best detected neurons, zero-ablate the neuron and report the change of the model's next-token loss on
    each mode's contexts.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,9 +54,10 @@ from neuron_core.analysis.embed import Embedder, make_embedder
 from neuron_core.analysis.modes import (
     Clustering,
     ModeEvidence,
+    bagged_score,
     centroids,
     cluster,
-    merge_and_score,
+    merge_modes,
     view_scale,
 )
 from neuron_core.analysis.types import Mode, ModeExample, PolysemanticNeuron, Verdict
@@ -95,20 +101,29 @@ class DetectorConfig:
     family_share: float = 0.7
     """Two modes are one concept when at least this share of each are tokens of one family (punctuation,
     numbers, unit symbols after a number, white space)."""
+    n_bags: int = 16
+    """The score is the mean over this many random subsets of the contexts (each clustered, merged and scored on its
+    own; the null's random sets too): one score of all the contexts hangs on where a cluster's edge falls and on each
+    context in or out. 0 or 1: the score of all the contexts."""
+    bag_fraction: float = 0.6
+    """Each subset holds this share of the neuron's corpus contexts (at least ``min_contexts``)."""
     balance_power: float = 0.5
     """The score grows with the modes' balance to this power (0: a clear second mode counts whatever its size)."""
     strength_power: float = 4.0
     """Modes weigh share x strength**strength_power (strength: the mode's peak over the strongest mode's)."""
+    coherence_hi: float = 0.2
+    """A mode weighs its coherence (1 - the mean distance between two of its contexts over that of two random
+    contexts) over this, at most 1: a scatter of unrelated contexts, as spread as random text, is noise, not a
+    concept (0 turns it off)."""
     merge_same_concept: bool = True
     """Modes named after the same probe concept are one mode."""
     probe_modes: bool = True
-    """With a model interface: also look for modes the corpus barely shows, by the neuron's response to each probe
+    """With a model interface: also report modes the corpus barely shows, by the neuron's response to each probe
     concept's held-out spans (a concept counts when its median span activation reaches ``probe_mode_strength`` x
-    the neuron's peak and its selectivity AUC reaches ``probe_mode_auc``)."""
+    the neuron's peak and its selectivity AUC reaches ``probe_mode_auc``). They are leads to check on more text:
+    the score and the verdict judge the corpus's contexts only."""
     probe_mode_strength: float = 0.3
     probe_mode_auc: float = 0.85
-    probe_mode_weight: float = 0.25
-    """Weight (in place of a share of the strong activations) of a mode found through the probes only."""
     n_null: int = 400
     """Random context sets per set size (see :func:`null_size`) in the first round."""
     n_null_max: int = 6400
@@ -213,7 +228,8 @@ class _NullDraws:
             own = self.value_sets[int(rng.integers(len(self.value_sets)))]
             vals = rng.choice(own, size=m, replace=own.size < m)
             X, ev = self.pool_x[idx], self.pool_ev.take(idx)
-            scores[i] = merge_and_score(X, cluster(X, vals, np.ones(m), cfg), ev, cfg, vals, self.concept_cents)[1]
+            ones = np.ones(m)
+            scores[i] = bagged_score(X, cluster(X, vals, ones, cfg), vals, ones, ev, cfg, rng, self.concept_cents)[1]
         return scores
 
 
@@ -607,16 +623,23 @@ class PolysemanticDetector:
         return ProbeActivations.compute(self.interface, wanted, self._probe_sets()) if wanted else {}
 
     def _analyse(self, g: _Gathered, probe_acts: dict[str, Any], concept_cents: np.ndarray | None) -> _Work:
-        """Cluster one neuron's contexts, add the modes only the probes show, merge into concepts, score."""
+        """Cluster one neuron's corpus contexts, merge them into concepts and score them (bagged); then add the
+        modes only the probes show, for the report: the score and the verdict judge the corpus's contexts, the
+        ones a reader of the neuron's examples sees."""
         cfg, site, neuron, ctxs = self.config, g.site, g.neuron, g.contexts
         X, ev = self._evidence(ctxs)
         values = np.array([c.value for c in ctxs])
         sampled = np.array([c.sampled for c in ctxs], dtype=float)
         w = _Work(site, neuron, ctxs, len(ctxs), X, ev, values, cluster(X, values, sampled, cfg))
+        # the subsets depend on the neuron only, not on the seed: a neuron's score is a property of its contexts
+        rng = np.random.default_rng([zlib.crc32(site.encode()), neuron])
+        w.clustering, w.score, w.separation = bagged_score(X, w.clustering, values, sampled, ev, cfg, rng,
+                                                           concept_cents)
         if site in probe_acts and len(ctxs) >= cfg.min_contexts:
             self._add_probe_modes(w, probe_acts[site])
-        w.clustering, w.score, w.separation = merge_and_score(w.X, w.clustering, w.evidence, cfg, w.values,
-                                                              concept_cents)
+            if w.probe_modes:  # a probe mode close to a corpus mode (or another probe mode) is that concept
+                w.clustering = merge_modes(w.X, w.clustering, w.evidence, cfg, concept_cents)
+                w.probe_modes &= set(w.clustering.modes)
         return w
 
     def _draws(self, gathered: list[_Gathered], null_pool: list[Context],
@@ -707,7 +730,7 @@ class PolysemanticDetector:
                 new_labels.append(next_id)
             modes.append(next_id)
             shares[next_id] = 0.0  # not observed in the corpus's activation mass
-            weights[next_id] = cfg.probe_mode_weight
+            weights[next_id] = 0.0  # not in the score: the score judges the corpus's contexts
             w.probe_modes.add(next_id)
             next_id += 1
         if not new_ctx:

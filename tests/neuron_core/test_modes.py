@@ -195,3 +195,84 @@ def test_a_neuron_uses_the_first_prefix_of_draws_that_settles_it():
     assert _settled(null, score, 2, off)[0] == 400
     at_edge = float(np.quantile(null, 1 - 0.05))  # true p = alpha: never settles, uses every draw
     assert _settled(null, at_edge, 2, CFG) == (6400, False)
+
+
+def blob(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
+    x = centre + spread * rng.normal(size=(n, centre.size))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_coherence_is_one_minus_the_mean_pair_distance_over_the_random_scale():
+    from scipy.spatial.distance import pdist
+
+    from neuron_core.analysis.modes import coherence
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([blob(rng, rng.normal(size=16), 5, 0.3), blob(rng, rng.normal(size=16), 4, 2.0)])
+    split = Clustering(np.array([0] * 5 + [1] * 4), [0, 1], 0.0)
+    got = coherence(X, split, scale=0.9)
+    want = [1 - pdist(X[:5], "cosine").mean() / 0.9, 1 - pdist(X[5:], "cosine").mean() / 0.9]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_scatter_of_unrelated_contexts_is_noise_not_a_second_concept():
+    """A tight mode beside a group as spread as random contexts: the group weighs nothing, the score is 0; the
+    same group made tight counts as a second concept (the annotators' rubric: a scattering is noise)."""
+    rng = np.random.default_rng(0)
+    ctxs = [ctx(m) for m in ANIMALS + MONTHS + ANIMALS[:2]]
+    tight = blob(rng, rng.normal(size=32), 5, 0.05)
+    scatter = blob(rng, np.zeros(32), 5, 1.0)  # random directions: a mean pair distance of about 1
+    other_tight = blob(rng, rng.normal(size=32), 5, 0.05)
+    labels = np.array([0] * 5 + [1] * 5)
+    values = np.linspace(2.0, 1.5, 10)
+    scores = {}
+    for name, second in (("scatter", scatter), ("tight", other_tight)):
+        X = np.concatenate([tight, second])
+        ev = ModeEvidence.of(ctxs, X, X, scale=(1.0, 1.0))
+        split = Clustering.of(X, labels, [0, 1], {0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5})
+        scores[name] = score_modes(X, split, ev, CFG, values)[0]
+    assert scores["scatter"] < 0.05
+    assert scores["tight"] > 0.5
+
+
+def test_the_bagged_score_is_the_mean_of_its_subsets_scores():
+    """Recomputed independently: the same subsets (the same generator), each clustered, merged and scored by
+    hand; n_bags 1 is the score of all the contexts; one mode of all the contexts scores 0."""
+    from dataclasses import replace
+
+    from neuron_core.analysis.modes import bagged_score, merge_and_score
+
+    ctxs, X = two_groups(ANIMALS * 3, MONTHS * 3)
+    values = np.linspace(2.0, 1.0, len(ctxs))
+    ones = np.ones(len(ctxs))
+    ev = ModeEvidence.of(ctxs, X, X, scale=(1.0, 1.0))
+    cfg = replace(CFG, n_bags=5, bag_fraction=0.6)
+    full = cluster(X, values, ones, cfg)
+    merged, score, separation = bagged_score(X, full, values, ones, ev, cfg, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    by_hand = []
+    for _ in range(5):
+        idx = np.sort(rng.choice(len(ctxs), size=round(0.6 * len(ctxs)), replace=False))
+        sub = cluster(X[idx], values[idx], ones[idx], cfg)
+        by_hand.append(merge_and_score(X[idx], sub, ev.take(idx), cfg, values[idx])[1])
+    assert len(merged.modes) == 2 and score == pytest.approx(np.mean(by_hand))
+    assert separation == pytest.approx(merge_and_score(X, full, ev, cfg, values)[2])
+    one = bagged_score(X, full, values, ones, ev, replace(cfg, n_bags=1), np.random.default_rng(3))[1]
+    assert one == pytest.approx(merge_and_score(X, full, ev, cfg, values)[1])
+    single = Clustering.single(np.zeros(len(ctxs), dtype=int))
+    assert bagged_score(X, single, values, ones, ev, cfg, np.random.default_rng(3))[1] == 0.0
+
+
+def test_tree_cuts_equal_scipys_cut_tree():
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import pdist
+
+    from neuron_core.analysis.modes import tree_cuts
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        m = int(rng.integers(6, 49))
+        X = rng.normal(size=(m, 16)) + 2.0 * rng.integers(0, 3, size=(m, 1))
+        Z = linkage(pdist(X, "cosine"), "average")
+        ks = list(range(2, min(4, m // 3) + 1))
+        np.testing.assert_array_equal(tree_cuts(Z, ks), cut_tree(Z, n_clusters=ks))

@@ -95,21 +95,24 @@ def test_single_concept_modes_named(planted):
 
 
 def test_null_is_calibrated(planted):
-    """Random context sets through the same procedure: p-values of random sets are not small."""
+    """Random context sets through the same procedure (clustered, merged, scored over the same bags): few of them
+    reach the score a verdict needs."""
     _, prof, det = planted
     from neuron_core.analysis.contexts import random_contexts
-    from neuron_core.analysis.modes import ModeEvidence, cluster, merge_modes, score_modes
+    from neuron_core.analysis.modes import ModeEvidence, bagged_score, cluster
 
+    det.run()  # the embedder is fitted to the layer's random contexts
     pool = random_contexts(prof, SITE, 400, seed=7)
     X, W, C = det._views(pool)
     ev = ModeEvidence.of(pool, W, C, det._scale)
     rng = np.random.default_rng(3)
     scores = []
+    ones = np.ones(40)
     for _ in range(60):
         idx = rng.choice(len(pool), size=40, replace=False)
         vals = rng.uniform(1, 10, size=40)
-        clustering = merge_modes(X[idx], cluster(X[idx], vals, np.ones(40), det.config), ev.take(idx), det.config)
-        scores.append(score_modes(X[idx], clustering, ev.take(idx), det.config, vals)[0])
+        clustering = cluster(X[idx], vals, ones, det.config)
+        scores.append(bagged_score(X[idx], clustering, vals, ones, ev.take(idx), det.config, rng)[1])
     null = np.array(scores)
     assert float((null >= det.config.min_score).mean()) <= 0.2
 
