@@ -14,9 +14,9 @@ Usage::
     trace = Trace(run, secrets=["sk-..."])       # trace.jsonl in the run folder; secrets are replaced by ***
     trace.event("tool_call", tool="profile_corpus", seconds=3.2)
 
-States (docs/ARCHITECTURE.md): INIT → PLAN → CAPTURE → ANALYZE → VISUALIZE → CRITIQUE → (REVISE → ANALYZE, bounded) → REPORT →
-DONE, plus ERROR (retry the failed state, bounded), FAILED (an error or an impossible request) and STOPPED (a budget
-ran out or the LLM became unavailable: the run ends cleanly with a partial report).
+States (docs/ARCHITECTURE.md): INIT → PLAN → CAPTURE → ANALYZE → VISUALIZE → CRITIQUE → (REVISE → ANALYZE,
+bounded) → REPORT → DONE, plus ERROR (retry the failed state, bounded), FAILED (an error or an impossible
+request) and STOPPED (a budget ran out or the LLM became unavailable: the run ends cleanly with a partial report).
 """
 
 from __future__ import annotations
