@@ -377,7 +377,7 @@ def coherence(X: np.ndarray, clustering: Clustering, scale: float) -> np.ndarray
     return np.array(out)
 
 
-def _coherent(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig) -> np.ndarray:
+def _coherent(clustering: Clustering, ev: ModeEvidence, cfg: DetectorConfig) -> np.ndarray:
     """Per mode, in [0, 1]: how far it is a concept rather than a scatter of unrelated contexts, its
     :func:`coherence` mapped from [0, ``coherence_hi``] to [0, 1] (``coherence_hi`` 0: every mode counts fully)."""
     if cfg.coherence_hi <= 0:
@@ -398,7 +398,7 @@ def score_modes(X: np.ndarray, clustering: Clustering, ev: ModeEvidence, cfg: De
     if len(clustering.modes) < 2:
         return 0.0, 0.0
     weights = np.array([clustering.weights[c] for c in clustering.modes])
-    p = weights * _strengths(values, clustering) ** cfg.strength_power * _coherent(X, clustering, ev, cfg)
+    p = weights * _strengths(values, clustering) ** cfg.strength_power * _coherent(clustering, ev, cfg)
     if p.sum() <= 0:
         return 0.0, 0.0
     p = p / p.sum()
