@@ -15,7 +15,7 @@ token identity: 'h' in km/h and 'Pa' in kPa; an English and a French period; 'kn
 
 - **same word**: their contexts share their words (a token in several languages or topics);
 - **same family**: most contexts of both are tokens of one family: punctuation, numbers, unit symbols after a
-  number, white space (:func:`token_family`);
+  number, white space, English function words (:func:`token_family`);
 - **same probe concept**: both are named after the same probe concept;
 - **close in meaning or in setting**: their words are close (a word family, inflections, synonyms), or their
   windows are (the same kind of text: one programming language, one register), closer than ``merge_distance``.
@@ -60,10 +60,30 @@ UNIT_SYMBOLS = frozenset("""
 """.split())
 _AFTER_NUMBER = re.compile(r"\d[\d.,]*\s?([^\s\d]+)$")
 
+# English closed-class words: articles and determiners, pronouns, prepositions, conjunctions, auxiliaries and modals.
+# One syntactic role family, as punctuation is: 'of'/'for' and 'the' are not two concepts. (sklearn's stop-word list
+# mixes in content words such as 'fire', 'system', 'front'; NLTK's needs a download.)
+FUNCTION_WORDS = frozenset("""
+    a an the this that these those my your his her its our their whose which what whatever whichever
+    i me we us you he him she it they them myself yourself himself herself itself ourselves yourselves themselves
+    mine yours hers ours theirs who whom whoever one ones someone anyone everyone nobody somebody anybody everybody
+    something anything everything nothing
+    all some any each every no none both either neither few many much more most several such other another
+    about above across after against along amid among amongst around as at before behind below beneath beside
+    besides between beyond by despite down during except for from in inside into like near of off on onto out
+    outside over past per since than through throughout till to toward towards under underneath unlike until
+    unto up upon via with within without
+    and but or nor so yet if because although though unless whereas while whether once
+    be am is are was were been being have has had having do does did doing done
+    will would shall should can could may might must ought
+    not n't 's 're 've 'd 'll 'm there
+""".split())
+
 
 def token_family(ctx: Context) -> str | None:
     """The token family of a context's token: 'space', 'punctuation', 'number', 'unit' (a unit symbol right after
-    a number: the 'h' of 280 km/h, the 'Pa' of 101 kPa, °C, mg, %) or None (an ordinary word piece)."""
+    a number: the 'h' of 280 km/h, the 'Pa' of 101 kPa, °C, mg, %), 'function' (the token is a whole English
+    function word: 'of', 'the', 'is', 'shall'; not a piece of a longer word) or None (an ordinary word piece)."""
     token = ctx.text[ctx.start:ctx.end]
     core = token.strip()
     if not core:
@@ -75,6 +95,8 @@ def token_family(ctx: Context) -> str | None:
         return "number"
     if all(unicodedata.category(ch)[0] in "PS" for ch in core):
         return "punctuation"
+    if ctx.word.strip().lower() in FUNCTION_WORDS:
+        return "function"
     return None
 
 

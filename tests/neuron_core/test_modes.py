@@ -66,6 +66,10 @@ KNIT_END = ["She took up knit[[ting]] last winter.", "Her knit[[ting]] circle me
             "A knit[[ting]] pattern lay on the table.", "He bought knit[[ting]] needles in town."]
 ANIMALS = ["The [[dog]] barked at the mail carrier.", "A [[cat]] slept in the sun.",
            "The [[horse]] galloped across the field.", "A [[fox]] crept past the henhouse."]
+PREPOSITIONS = ["Take two tablets [[of]] aspirin daily.", "Bake the bread [[for]] forty minutes.",
+                "Stir the sauce [[in]] a small pan.", "Apply the cream [[to]] the affected skin."]
+ARTICLES = ["Preheat [[the]] oven to 200 degrees.", "Add [[a]] pinch of salt to taste.",
+            "Shake [[the]] bottle well before use.", "Store [[the]] tablets in a dry place."]
 MONTHS = ["The festival is held every [[October]] in the square.", "Her birthday falls in late [[March]] each year.",
           "The lake freezes by the middle of [[January]] here.", "They moved in at the start of [[June]] last year."]
 
@@ -81,6 +85,9 @@ def test_token_families():
     assert token_family(ctx("the[[ ]]end")) == "space"
     assert token_family(ctx("the [[dog]] barked")) is None
     assert token_family(ctx("two [[dogs]] barked")) is None  # a word after a number word is not a unit
+    assert token_family(ctx("a dose [[of]] aspirin")) == "function"
+    assert token_family(ctx("The [[shall]] clause")) == "function"
+    assert token_family(ctx("a [[the]]ory of mind")) is None  # a piece of a longer word is not the word 'the'
 
 
 def test_whole_word_of_a_piece():
@@ -101,6 +108,15 @@ def test_a_period_in_english_and_in_french_is_one_mode():
 
 def test_pieces_of_one_word_are_one_mode():
     assert len(modes_of(*two_groups(KNIT_START, KNIT_END)).modes) == 1
+
+
+def test_prepositions_and_articles_are_one_mode():
+    """Function words are one syntactic-role family, however far apart their embeddings put 'of' and 'the'."""
+    assert len(modes_of(*two_groups(PREPOSITIONS, ARTICLES)).modes) == 1
+
+
+def test_function_words_and_content_words_stay_apart():
+    assert len(modes_of(*two_groups(PREPOSITIONS, ANIMALS)).modes) == 2
 
 
 def test_unrelated_concepts_stay_apart():
