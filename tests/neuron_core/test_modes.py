@@ -196,7 +196,7 @@ def test_a_neuron_uses_the_first_prefix_of_draws_that_settles_it():
 
     rng = np.random.default_rng(0)
     null = rng.uniform(0, 1, 6400)
-    score = float(np.quantile(null, 1 - 0.03))  # true p 0.03: often borderline at 400 draws
+    score = float(np.quantile(null, 1 - 0.8 * CFG.alpha))  # true p just below alpha: often borderline at 400 draws
     n, settled = _settled(null, score, 2, CFG)
     assert n in (400, 800, 1600, 3200, 6400)
     k = int((null[:n] >= score - 1e-12).sum())
@@ -209,8 +209,9 @@ def test_a_neuron_uses_the_first_prefix_of_draws_that_settles_it():
     assert _settled(null, 0.5, 2, CFG) == (400, True)  # clearly not detected
     off = DetectorConfig(n_null_max=0)
     assert _settled(null, score, 2, off)[0] == 400
-    at_edge = float(np.quantile(null, 1 - 0.05))  # true p = alpha: never settles, uses every draw
-    assert _settled(null, at_edge, 2, CFG) == (6400, False)
+    # true p = alpha, in every prefix (a low-discrepancy sequence): never settles, uses every draw
+    even = (np.arange(6400) * 0.6180339887498949) % 1.0
+    assert _settled(even, 1.0 - CFG.alpha, 2, CFG) == (6400, False)
 
 
 def blob(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
