@@ -149,7 +149,7 @@ class Answerer:
         return entry, self._top(entry, layer, active=spec.kind == "active")
 
     def _top(self, entry: RunEntry, layer: int, *, active: bool = False) -> str:
-        findings = self.session.ctx_for(entry).findings.all()
+        findings = self.session.context(entry).findings.all()
         if not active:
             ranked = [(f.value("rank", neuron=f.subject, default=1e9), f.subject) for f in findings
                       if f.kind == "polysemantic" and f.subject and _layer_of(f.subject) == layer]
@@ -211,7 +211,7 @@ class Answerer:
         findings, lead = [finding], ""
         if f.neuron is not None and f.neuron.kind == "top" and finding.verdict != "detected":
             layer = _layer_of(ref)
-            summary = next((x for x in self.session.ctx_for(entry).findings.all() if x.kind == "polysemantic_summary"
+            summary = next((x for x in self.session.context(entry).findings.all() if x.kind == "polysemantic_summary"
                             and x.has("n_analysed", layer=layer)), None)
             if summary is not None:
                 findings.append(summary)
@@ -351,7 +351,7 @@ class Answerer:
         return self._layer_overview(plan.model, plan.layers, entries, already=not missing)
 
     def _layer_overview(self, model: str, layers: list[int], entries: list[RunEntry], *, already: bool) -> Reply:
-        findings = [x for e in {e.run_dir: e for e in entries}.values() for x in self.session.ctx_for(e).findings.all()]
+        findings = [x for e in {e.run_dir: e for e in entries}.values() for x in self.session.context(e).findings.all()]
         detected: list[str] = []
         sentences = []
         for layer in layers:

@@ -212,7 +212,7 @@ class ChatSession:
         if entry is None:
             self.view.note("no investigation yet: type a request, e.g. investigate layer 3 of smollm2-135m")
             return
-        out = call_tool(self.session.ctx_for(entry), "read_findings", {"kind": kind} if kind else {}, caller="chat")
+        out = call_tool(self.session.context(entry), "read_findings", {"kind": kind} if kind else {}, caller="chat")
         if not out.ok:
             self.view.note(out.error.line() if out.error else "failed")
             return

@@ -32,7 +32,7 @@ def session_summary(chat: ChatSession) -> str:
         if r.status != "done":
             lines.append(f"- {r.model} layers {r.layers}: {r.status}")
             continue
-        findings = session.ctx_for(r).findings.all()
+        findings = session.context(r).findings.all()
         detected = [f for f in findings if f.kind == "polysemantic"][:5]
         tops = ", ".join(f"{f.subject} (score {f.value('score', neuron=f.subject):.2f}) [{f.id}]" for f in detected)
         lines.append(f"- {r.model} layers {r.layers}: detected {tops or 'none'}")

@@ -5,6 +5,7 @@ Usage::
     session = Session.create("runs", options=RequestOptions(request="chat", max_tokens=3000))
     entry = await session.ensure("smollm2-135m", [3])          # a layer it has: no new run; else an investigation
     ctx = session.ctx_for(entry)                                 # that run's ToolContext (models stay loaded)
+    findings = session.context(entry).findings.all()            # reading needs no model
     session.focus.neuron = "L3/N344"; session.save()
     session = Session.open("runs/20261207-101500-chat-session")  # --resume SESSION_DIR (or a single RUN_DIR)
 
@@ -190,12 +191,18 @@ class Session:
                 return []
         return [r for x in layers if (r := self.run_for(model, x)) is not None]
 
-    def ctx_for(self, entry: RunEntry) -> ToolContext:
-        """The run's tool context, with its model attached when loaded (cached: a run's profile loads once)."""
+    def context(self, entry: RunEntry) -> ToolContext:
+        """The run's tool context (cached: a run's profile loads once), its model not loaded: enough to read its
+        findings and artifacts, also when the model is not available on this machine."""
         ctx = self._contexts.get(entry.run_dir)
         if ctx is None:
             ctx = ToolContext(RunFolder(entry.run_dir), models=self.models, on_call=self._on_call, **self.ctx_options)
             self._contexts[entry.run_dir] = ctx
+        return ctx
+
+    def ctx_for(self, entry: RunEntry) -> ToolContext:
+        """The run's tool context with its model attached (loaded on first use): for tools that run the model."""
+        ctx = self.context(entry)
         if ctx.interface is None:
             if entry.model not in self.models:
                 outcome = call_tool(ctx, "load_model", {"model": entry.model}, caller="chat")

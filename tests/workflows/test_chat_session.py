@@ -15,6 +15,7 @@ from neuron_core import ModelInterface
 from tests.agents.fake_openai import ChatPolicy, FakeOpenAI, tool_results, user_task
 from tests.conftest import make_tiny_gpt2
 from workflows.chat import ChatSession
+from workflows.chat_llm import session_summary
 
 KEY = "sk-test-NEVER-IN-FILES-0123456789"
 
@@ -100,6 +101,14 @@ def test_follow_ups_reuse_the_session_and_resume_it(tmp_path, tiny_models):
     single.loop(["/layers", "why is the top neuron polysemantic?"])
     assert single.session.root != root and not said[-1].startswith("?")
     single.close()
+
+    said.clear()
+    bare = _chat(tmp_path, {}, said, llm="scripted", resume=str(root))  # no model here: reading needs none
+    bare.loop(["/findings top_neurons"])
+    assert any(line.startswith("F") and "[top_neurons]" in line for line in said), said
+    assert "- tiny-gpt2 layers [1]: detected" in session_summary(bare)
+    assert bare.session.models == {}  # nothing was loaded to read them
+    bare.close()
 
 
 def test_a_tool_calling_analyst_answers_follow_ups_and_computes_a_missing_layer(tmp_path, tiny_models):
