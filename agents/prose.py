@@ -9,9 +9,10 @@ Usage::
 
 A small model (the bundled 135M SmolLM2) drifts: it loops on a phrase, restates what the report already says, or
 binds a number to the wrong quantity. The deterministic writer writes the report's facts; a model sentence is kept only
-when it is a whole sentence, does not repeat itself or an earlier sentence, names a neuron or cites a finding (a
-sentence about neither adds words, not facts: "the neurons of layer 6 are highly responsive to the input of the
-layer"), and passes :func:`tools.check_claims`.
+when it is a whole sentence, does not repeat itself (a phrase, or one neuron named twice) or an earlier sentence,
+names a neuron or cites a finding (a sentence about neither adds words, not facts: "the neurons of layer 6 are highly
+responsive to the input of the layer"), passes :func:`tools.check_claims`, and, when it calls a neuron the most
+active, names first the neuron the layer's ``top_neurons`` finding ranks first.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
 _WORD = re.compile(r"[\w/]+")
 _END = re.compile(r"[.!?][)\]”’\"']*$")
 _GROUNDED = re.compile(r"\bL\d+\s*/\s*N\d+\b|\bF\d{3,}\b")  # a neuron id or a cited finding
+_NEURON = re.compile(r"\bL(\d+)\s*/\s*N(\d+)\b")
+_MOST_ACTIVE = re.compile(r"\bmost (?:strongly )?activ|\b(?:highest|strongest|largest) activation", re.IGNORECASE)
 MIN_WORDS = 4
 PHRASE = 4  # words: a phrase this long said twice is a repetition
 
@@ -101,10 +104,32 @@ def shared_phrase(sentence: str, earlier: Iterable[str], n: int = PHRASE) -> str
     return next((" ".join(p) for p in _phrases(_words(sentence), n) if p in said), None)
 
 
+def _neurons(sentence: str) -> list[str]:
+    return [f"L{a}/N{b}" for a, b in _NEURON.findall(sentence)]
+
+
+def _not_most_active(sentence: str, findings: Sequence[Finding]) -> str | None:
+    """Why a sentence that calls a neuron the most active contradicts the findings: the first neuron it names is not
+    the one its layer's ``top_neurons`` finding ranks first (None: no such claim, or it agrees)."""
+    named = _neurons(sentence)
+    if not named or not _MOST_ACTIVE.search(sentence):
+        return None
+    layer = named[0].split("/")[0]
+    top = next((f for f in findings if f.kind == "top_neurons" and f.neurons and f.neurons[0].startswith(f"{layer}/")),
+               None)
+    if top is None or top.neurons[0] == named[0]:
+        return None
+    return f"{named[0]} is not the most active neuron of {layer}: {top.neurons[0]} is [{top.id}]"
+
+
 def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],
              ignore: Sequence[str]) -> DroppedSentence | None:
     if len(_words(sentence)) < MIN_WORDS or not _END.search(sentence):
         return DroppedSentence(sentence=sentence, reason="fragment")
+    named = _neurons(sentence)
+    twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+    if twice:
+        return DroppedSentence(sentence=sentence, reason="repeats itself", detail=f"names {twice} twice")
     looped = loop_in(sentence)
     if looped:
         return DroppedSentence(sentence=sentence, reason="repeats itself", detail=looped)
@@ -118,6 +143,9 @@ def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],
     if not check.ok:
         return DroppedSentence(sentence=sentence, reason="fails the check",
                                detail="; ".join(p for i in check.issues for p in i.problems))
+    contradiction = _not_most_active(sentence, findings)
+    if contradiction:
+        return DroppedSentence(sentence=sentence, reason="fails the check", detail=contradiction)
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.prose import filter_prose, loop_in, shared_phrase
-from tests.tools.findings_data import NONSENSE, demo_findings
+from tests.tools.findings_data import NONSENSE, demo_findings, realistic_findings
 
 BASE = ["Of the 64 most active neurons analysed in layer 6, 9 are polysemantic [F002].",
         "The strongest case is L6/N1233 (score 1.00, p = 0.005), whose 3 modes are “months” (50%), “JSON keys” "
@@ -73,3 +73,19 @@ def test_fragments_limits_and_fence_markers():
     assert filter_prose("Too short.", demo_findings()).dropped[0].reason == "fragment"
     with pytest.raises(ValueError):
         filter_prose(text, demo_findings(), max_sentences=-1)
+
+
+def test_a_neuron_named_twice_or_a_wrong_most_active_neuron_is_left_out(tmp_path):
+    """What the bundled model added to make demo's summary at 42ef18a, on the ids of a realistic run: a list that
+    names one neuron twice, and a neuron called the most active that the top_neurons finding does not rank first."""
+    findings = realistic_findings(tmp_path)
+    listed = ("Taken together, L6/N1233, L6/N87, L6/N330, and L6/N87, have the strongest modes of their respective "
+              "neural networks.")
+    out = filter_prose(listed, findings)
+    assert not out.kept and (out.dropped[0].reason, out.dropped[0].detail) == ("repeats itself", "names L6/N87 twice")
+    wrong = "The strongest mode is L6/N330, which is the most active mode in L6."
+    out = filter_prose(wrong, findings)
+    assert not out.kept and out.dropped[0].reason == "fails the check"
+    assert "L6/N330 is not the most active neuron of L6: L6/N1233 is" in out.dropped[0].detail
+    right = "The most strongly activating neuron, L6/N1233, also responds to months and to code."
+    assert filter_prose(right, findings).kept == [right]
