@@ -234,7 +234,7 @@ def promotes_text(found: Finding, ref: str) -> str:
 def detection_sentence(summary: Finding, layer: int, found: list[str], findings: list[Finding]) -> str:
     n_an = int(summary.value("n_analysed", layer=layer))
     n_poly = int(summary.value("n_polysemantic", layer=layer))
-    sentence = f"Of {n_an} neurons analysed in layer {layer}, {n_poly} are polysemantic [{summary.id}]"
+    sentence = f"Of {n_an} neurons analysed in layer {layer}, {n_poly} {_is(n_poly)} polysemantic [{summary.id}]"
     if not found:
         return sentence + "."
     top = _verdict_finding(findings, found[0])

@@ -135,7 +135,8 @@ def record_detection(store: FindingStore, site: str, results: Sequence[Any], *, 
     n_borderline = f" and {len(borderline)} borderline" if borderline else ""
     ids = [store.add(
         kind="polysemantic_summary", artifact=artifact, source="detect_polysemantic",
-        claim=f"Of {len(results)} neurons analysed in {label}, {len(found)} are polysemantic{n_borderline}.",
+        claim=f"Of {len(results)} neuron{'' if len(results) == 1 else 's'} analysed in {label}, {len(found)} "
+              f"{'is' if len(found) == 1 else 'are'} polysemantic{n_borderline}.",
         neurons=[v.ref for v in found],
         quantities=quantities_of({"n_analysed": len(results), "n_polysemantic": len(found),
                                   "n_borderline": len(borderline)}, layer=layer),

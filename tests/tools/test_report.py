@@ -52,3 +52,8 @@ def test_no_markdown_emphasis_is_left_literal_and_corpus_html_is_escaped(report)
     assert "icing<b>\\.</b>next" in markdown and "icing<b>\\*\\*</b>next" in markdown
     assert "icing <b>hours</b>next" in markdown  # the token's leading space stays, outside the bold
     assert markdown.count("<b>") == len(TOKENS)  # the corpus's own <b> is escaped: \<b\>
+
+
+def test_the_detection_summary_agrees_in_number(report):
+    markdown, _ = report  # one neuron analysed, one detected
+    assert "Of 1 neuron analysed in L6, 1 is polysemantic" in markdown.replace("\\", "")

@@ -85,8 +85,9 @@ def test_a_twelve_turn_conversation_with_ctrl_c_and_resume(tmp_path):
     poly = sorted((f for f in f3 if f["kind"] == "polysemantic"), key=lambda f: _q("rank", f))
     assert poly, "the default settings find polysemantic neurons in layer 3"
     summary = next(f for f in f3 if f["kind"] == "polysemantic_summary")
+    n_poly = int(_q("n_polysemantic", summary))
     assert (f"Of {int(_q('n_analysed', summary))} neurons analysed in layer 3, "
-            f"{int(_q('n_polysemantic', summary))} are polysemantic [{summary['id']}]") in out
+            f"{n_poly} {'is' if n_poly == 1 else 'are'} polysemantic [{summary['id']}]") in out
     top = poly[0]
     ref = top["neurons"][0]
 
