@@ -9,7 +9,7 @@ Usage::
 
 A small model (the bundled 135M SmolLM2) drifts: it loops on a phrase, restates what the report already says, or
 binds a number to the wrong quantity. The deterministic writer writes the report's facts; a model sentence is kept only
-when it is a whole sentence, does not repeat itself (a phrase, or one neuron named twice) or an earlier sentence,
+when it is a whole sentence, does not repeat itself (a phrase, or one neuron twice in a list) or an earlier sentence,
 names a neuron or cites a finding (a sentence about neither adds words, not facts: "the neurons of layer 6 are highly
 responsive to the input of the layer"), passes :func:`tools.check_claims`, and, when it calls a neuron the most
 active, names first the neuron the layer's ``top_neurons`` finding ranks first.
@@ -36,6 +36,8 @@ _WORD = re.compile(r"[\w/]+")
 _END = re.compile(r"[.!?][)\]”’\"']*$")
 _GROUNDED = re.compile(r"\bL\d+\s*/\s*N\d+\b|\bF\d{3,}\b")  # a neuron id or a cited finding
 _NEURON = re.compile(r"\bL(\d+)\s*/\s*N(\d+)\b")
+_ID = r"L\d+\s*/\s*N\d+"
+_ID_LIST = re.compile(rf"{_ID}(?:\s*,?\s*(?:and\s+)?{_ID})+")  # ids one after another: a list, or a stutter
 _MOST_ACTIVE = re.compile(r"\bmost (?:strongly )?activ|\b(?:highest|strongest|largest) activation", re.IGNORECASE)
 MIN_WORDS = 4
 PHRASE = 4  # words: a phrase this long said twice is a repetition
@@ -108,6 +110,16 @@ def _neurons(sentence: str) -> list[str]:
     return [f"L{a}/N{b}" for a, b in _NEURON.findall(sentence)]
 
 
+def _listed_twice(sentence: str) -> str | None:
+    """A neuron a list of neuron ids names twice ('L6/N486, L6/N1235 and L6/N1235'; 'L1/N5 L1/N5')."""
+    for run in _ID_LIST.finditer(sentence):
+        named = _neurons(run.group(0))
+        twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+        if twice:
+            return twice
+    return None
+
+
 def _not_most_active(sentence: str, findings: Sequence[Finding]) -> str | None:
     """Why a sentence that calls a neuron the most active contradicts the findings: the first neuron it names is not
     the one its layer's ``top_neurons`` finding ranks first (None: no such claim, or it agrees)."""
@@ -126,10 +138,9 @@ def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],
              ignore: Sequence[str]) -> DroppedSentence | None:
     if len(_words(sentence)) < MIN_WORDS or not _END.search(sentence):
         return DroppedSentence(sentence=sentence, reason="fragment")
-    named = _neurons(sentence)
-    twice = next((n for i, n in enumerate(named) if n in named[:i]), None)
+    twice = _listed_twice(sentence)
     if twice:
-        return DroppedSentence(sentence=sentence, reason="repeats itself", detail=f"names {twice} twice")
+        return DroppedSentence(sentence=sentence, reason="repeats itself", detail=f"lists {twice} twice")
     looped = loop_in(sentence)
     if looped:
         return DroppedSentence(sentence=sentence, reason="repeats itself", detail=looped)

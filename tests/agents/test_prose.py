@@ -82,10 +82,12 @@ def test_a_neuron_named_twice_or_a_wrong_most_active_neuron_is_left_out(tmp_path
     listed = ("Taken together, L6/N1233, L6/N87, L6/N330, and L6/N87, have the strongest modes of their respective "
               "neural networks.")
     out = filter_prose(listed, findings)
-    assert not out.kept and (out.dropped[0].reason, out.dropped[0].detail) == ("repeats itself", "names L6/N87 twice")
+    assert not out.kept and (out.dropped[0].reason, out.dropped[0].detail) == ("repeats itself", "lists L6/N87 twice")
     wrong = "The strongest mode is L6/N330, which is the most active mode in L6."
     out = filter_prose(wrong, findings)
     assert not out.kept and out.dropped[0].reason == "fails the check"
     assert "L6/N330 is not the most active neuron of L6: L6/N1233 is" in out.dropped[0].detail
     right = "The most strongly activating neuron, L6/N1233, also responds to months and to code."
     assert filter_prose(right, findings).kept == [right]
+    again = "L6/N1233 responds to months, and zeroing L6/N1233 on them changes the loss."  # named twice, not listed
+    assert filter_prose(again, findings).kept == [again]

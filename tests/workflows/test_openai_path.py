@@ -265,7 +265,8 @@ def test_compatible_server_without_tool_calls_gets_prose_only_turns(tiny, tmp_pa
         start = task.rsplit("Begin with: ", 1)[1] if "Begin with: " in task else ""
         ref = re.search(r"L\d+/N\d+", task)
         subject = ref.group(0) if ref else "L1/N0"
-        return Reply(content=f"{start} {subject} responds to several unrelated contexts. {subject} spans 7 layers. "
+        lead = start if start else subject  # the model continues its prefill ("Taken together, L1/N5")
+        return Reply(content=f"{lead} responds to several unrelated contexts. {subject} spans 7 layers. "
                              "Overall the layer is an interesting one.")
 
     result, server = run_with(policy, tiny, tmp_path, llm_function_calling=False, max_revisions=1)
