@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tools.claims import check_claims, split_sentences
-from tools.findings import Finding
+from tools.findings import Finding, normalise_ref, ref_parts
 
 __all__ = ["DroppedSentence", "ProseFilter", "filter_prose", "loop_in", "reply_loop", "shared_phrase"]
 
@@ -34,9 +34,9 @@ DropReason = Literal["fragment", "repeats itself", "repeats an earlier sentence"
 _FENCE_BITS = re.compile(r"</?data>?|<data|</d(?:a(?:t(?:a)?)?)?$")
 _WORD = re.compile(r"[\w/]+")
 _END = re.compile(r"[.!?][)\]”’\"']*$")
-_GROUNDED = re.compile(r"\bL\d+\s*/\s*N\d+\b|\bF\d{3,}\b")  # a neuron id or a cited finding
-_NEURON = re.compile(r"\bL(\d+)\s*/\s*N(\d+)\b")
-_ID = r"L\d+\s*/\s*N\d+"
+_ID = r"L\d+\s*/\s*N\d+"  # a neuron id as prose writes it
+_GROUNDED = re.compile(rf"\b{_ID}\b|\bF\d{{3,}}\b")  # a neuron id or a cited finding
+_NEURON = re.compile(rf"\b{_ID}\b")
 _ID_LIST = re.compile(rf"{_ID}(?:\s*,?\s*(?:and\s+)?{_ID})+")  # ids one after another: a list, or a stutter
 _MOST_ACTIVE = re.compile(r"\bmost (?:strongly )?activ|\b(?:highest|strongest|largest) activation", re.IGNORECASE)
 MIN_WORDS = 4
@@ -107,7 +107,7 @@ def shared_phrase(sentence: str, earlier: Iterable[str], n: int = PHRASE) -> str
 
 
 def _neurons(sentence: str) -> list[str]:
-    return [f"L{a}/N{b}" for a, b in _NEURON.findall(sentence)]
+    return [normalise_ref(ref) for ref in _NEURON.findall(sentence)]
 
 
 def _listed_twice(sentence: str) -> str | None:
@@ -126,12 +126,12 @@ def _not_most_active(sentence: str, findings: Sequence[Finding]) -> str | None:
     named = _neurons(sentence)
     if not named or not _MOST_ACTIVE.search(sentence):
         return None
-    layer = named[0].split("/")[0]
-    top = next((f for f in findings if f.kind == "top_neurons" and f.neurons and f.neurons[0].startswith(f"{layer}/")),
+    layer = ref_parts(named[0])[0]
+    top = next((f for f in findings if f.kind == "top_neurons" and f.neurons and ref_parts(f.neurons[0])[0] == layer),
                None)
     if top is None or top.neurons[0] == named[0]:
         return None
-    return f"{named[0]} is not the most active neuron of {layer}: {top.neurons[0]} is [{top.id}]"
+    return f"{named[0]} is not the most active neuron of L{layer}: {top.neurons[0]} is [{top.id}]"
 
 
 def _problem(sentence: str, earlier: Sequence[str], findings: Sequence[Finding],

@@ -135,7 +135,7 @@ class DetectorConfig:
     """detect() keeps neurons with p-value below alpha ... The p-value says how often a random set of the layer's
     strong contexts scores as high; it is not a test over the whole layer (no multiple-testing correction). 0.15 is
     where the verdict meets the blind-labelled benchmark's goal, precision >= 0.85 at recall >= 0.75, on the dev
-    layers (0.05: the same precision at recall 0.49); see benchmarks/NOTES.md."""
+    layers and on layer 6 (0.05: the same precision at recall 0.49); see benchmarks/NOTES.md."""
     min_score: float = 0.25
     """... and score at least this."""
     probe_min_similarity: float = 0.40
