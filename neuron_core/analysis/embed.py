@@ -6,6 +6,8 @@ Usage::
     X = emb.embed(contexts)                     # [m, 384] float32, rows L2-normalised
     emb = SubjectEmbedder(interface); emb.fit(random_contexts)   # the subject model's own reading (the default)
     word, window = emb.embed_views(contexts)    # the token as the model reads it; the window without the word
+    emb = SubjectEmbedder(interface, deep=0.6); emb.fit(random_contexts)
+    deep = emb.embed_deep(contexts)             # a later layer's reading, for the merge rules (opt-in)
     emb = HiddenStateEmbedder(interface, layer=6)   # one layer's residual stream at the token
 
 Each embeds the *token in its context*. MiniLM mixes the contextual vectors of the whole word the token belongs to
@@ -15,13 +17,14 @@ Results are cached per (text, span), so contexts shared by many neurons are embe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from neuron_core.analysis.contexts import Context
+from neuron_core.sites import Site, layer_of_site_name
 
 __all__ = ["Embedder", "MiniLMEmbedder", "SubjectEmbedder", "HiddenStateEmbedder", "make_embedder"]
 
@@ -160,6 +163,17 @@ class SubjectEmbedder(_Cached):
     ``below``: the analysed neurons' layer; the reading is taken before it (at most after block ``below - 1``), so a
     neuron's own output, written into later layers, does not make its contexts look alike.
 
+    ``deep``: a third view for the merge rules only (:meth:`embed_deep`), the residual stream ``deep`` of the way
+    through the model (0.6: SmolLM2-135M's block 18 of 30), standardised the same way. Later layers read a token as
+    a broader kind of thing ('times' near 'twice', a sentence's second token near another's), which the early
+    reading and MiniLM's window do not; two modes close there are one concept. ``None`` (the default): no deep
+    view (``DetectorConfig.deep_view`` says why it is off).
+    ``held``: site name -> mean activation per neuron (the analysed sites). During the read those sites' neurons
+    are held at their means, so that no analysed neuron's own output, written below the deep layer, makes its
+    contexts look alike there (a neuron that fires hard on two unrelated concepts would otherwise read as one).
+    Held sites must lie above the word view's layers, which they cannot then touch; a site of no known layer (a raw
+    module) is not held.
+
     Why: what the model itself treats as alike (a word family, a token family, one role) is what a neuron can
     respond to; MiniLM's token vectors are dominated by the token's identity. On the real-neuron benchmark
     (``benchmarks/labelled_neurons``) this view separates POLY from MONO neurons better than MiniLM's; early-middle
@@ -168,7 +182,8 @@ class SubjectEmbedder(_Cached):
     name = "subject"
 
     def __init__(self, interface: object, depths: Sequence[float] = (1 / 6, 1 / 4), *, below: int | None = None,
-                 batch_size: int = 128, window: MiniLMEmbedder | None = None) -> None:
+                 deep: float | None = None, held: Mapping[str, torch.Tensor] | None = None, batch_size: int = 128,
+                 window: MiniLMEmbedder | None = None) -> None:
         super().__init__(batch_size)
         from neuron_core.interface import ModelInterface
 
@@ -178,6 +193,12 @@ class SubjectEmbedder(_Cached):
             raise ValueError("the subject-model embedder needs a model with blocks")
         top = resolver.n_layers - 1 if below is None else below - 1
         self.layers = sorted({max(0, min(top, round(d * resolver.n_layers))) for d in depths})
+        self.deep_layer = None if deep is None else max(0, min(resolver.n_layers - 1, round(deep * resolver.n_layers)))
+        sites = {resolver.resolve(name): mean.detach().float().cpu() for name, mean in (held or {}).items()}
+        self.held = {site: mean for site, mean in sites.items() if layer_of_site_name(site) is not None}
+        low = [site.name for site in self.held if layer_of_site_name(site) <= max(self.layers)]  # type: ignore[operator]
+        if low:
+            raise ValueError(f"held sites {low} lie at or below the word view's layers {self.layers}")
         self._window = window
         self._stats: tuple[np.ndarray, np.ndarray] | None = None  # per-dimension mean and spread of random contexts
 
@@ -192,26 +213,52 @@ class SubjectEmbedder(_Cached):
         raw = self._rows(contexts)  # [m, layers * d]
         self._stats = (raw.mean(0), raw.std(0) + 1e-6)
 
-    def _combine(self, rows: np.ndarray) -> np.ndarray:
+    def _standardised(self, rows: np.ndarray) -> list[np.ndarray]:
+        """Each layer's part of the raw rows, standardised against the random contexts: [m, d] per layer read."""
         if self._stats is None:
             raise ValueError("SubjectEmbedder.fit(random contexts) must come before embedding")
-        z = (rows - self._stats[0]) / self._stats[1]  # [m, layers * d]
-        parts = np.split(z, len(self.layers), axis=1)
+        z = (rows - self._stats[0]) / self._stats[1]  # [m, (layers + deep) * d]
+        return np.split(z, len(self.layers) + (self.deep_layer is not None), axis=1)
+
+    def _combine(self, rows: np.ndarray) -> np.ndarray:
+        parts = self._standardised(rows)[:len(self.layers)]
         return _normalise(np.concatenate([_normalise(p) for p in parts], axis=1))
+
+    def embed_deep(self, contexts: Sequence[Context]) -> np.ndarray | None:
+        """[len(contexts), d] the deep view (L2-normalised rows), or None when the embedder has none."""
+        if self.deep_layer is None:
+            return None
+        return _normalise(self._standardised(self._rows(contexts))[-1])
 
     def embed_views(self, contexts: Sequence[Context]) -> tuple[np.ndarray, np.ndarray]:
         """(the token as the model reads it, the window without the word from MiniLM)."""
         return self.embed(contexts), self.window.embed_views(contexts)[1]
 
     def _compute(self, contexts: Sequence[Context]) -> np.ndarray:
-        vecs = _residuals_at_token(self.interface, contexts, self.layers)  # each [B, d]
-        return torch.cat(vecs, dim=1).numpy()  # [B, layers * d]
+        reads = self.layers + ([] if self.deep_layer is None else [self.deep_layer])
+        vecs = _residuals_at_token(self.interface, contexts, reads, self.held)  # each [B, d]
+        return torch.cat(vecs, dim=1).numpy()  # [B, (layers + deep) * d]
+
+
+def _hold(interface: Any, site: Site, mean: torch.Tensor) -> Any:
+    """Hold a site's neurons at ``mean`` (one value per neuron) during forwards: a hook handle to remove."""
+    module = interface.resolver.module(site)
+
+    def pre(_m: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (mean.to(args[0]).expand_as(args[0]), *args[1:])
+
+    def post(_m: torch.nn.Module, _a: object, out: torch.Tensor) -> torch.Tensor:
+        return mean.to(out).expand_as(out)
+
+    return module.register_forward_pre_hook(pre) if site.read == "input" else module.register_forward_hook(post)
 
 
 @torch.no_grad()
-def _residuals_at_token(interface: Any, contexts: Sequence[Context], layers: Sequence[int]) -> list[torch.Tensor]:
+def _residuals_at_token(interface: Any, contexts: Sequence[Context], layers: Sequence[int],
+                        held: Mapping[Site, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The residual stream after each block of ``layers`` at each context's activating token: one [B, d] float32
-    tensor (CPU) per layer, in one forward pass that stops after the last of them."""
+    tensor (CPU) per layer, in one forward pass that stops after the last of them (``held`` sites' neurons held
+    at the given values)."""
     from neuron_core.batching import Segment, make_batches, pad_token_id
     from neuron_core.capture import StopForward, run_forward
 
@@ -233,6 +280,7 @@ def _residuals_at_token(interface: Any, contexts: Sequence[Context], layers: Seq
     blocks = interface.resolver.blocks_path
     handles = [interface.module.get_submodule(f"{blocks}.{layer}").register_forward_hook(grab(layer))
                for layer in layers]
+    handles += [_hold(interface, site, mean) for site, mean in (held or {}).items()]
     try:
         run_forward(interface.module, batch.model_kwargs(interface.module))
     finally:
@@ -260,10 +308,11 @@ def _subject_ids(interface: Any, ctx: Context, max_before: int = 8) -> tuple[lis
     return (ids[lo:index + 1] if causal else ids[lo:]), index - lo  # a causal model reads nothing after the token
 
 
-def make_embedder(spec: str | Embedder, interface: object = None, layer: int | None = None) -> Embedder:
-    """``"subject"`` (the subject model's reading before ``layer``, needs ``interface``), ``"minilm"``,
-    ``"hidden"`` (the residual stream after block ``layer``, needs ``interface`` and ``layer``) or an object with
-    ``.embed()``."""
+def make_embedder(spec: str | Embedder, interface: object = None, layer: int | None = None,
+                  deep: float | None = None, held: Mapping[str, torch.Tensor] | None = None) -> Embedder:
+    """``"subject"`` (the subject model's reading before ``layer``, needs ``interface``; with ``deep``, a deep
+    view read with the ``held`` sites at their mean activations), ``"minilm"``, ``"hidden"`` (the residual stream
+    after block ``layer``, needs ``interface`` and ``layer``) or an object with ``.embed()``."""
     if not isinstance(spec, str):
         return spec
     if spec == "minilm":
@@ -271,7 +320,7 @@ def make_embedder(spec: str | Embedder, interface: object = None, layer: int | N
     if spec == "subject":
         if interface is None:
             raise ValueError("embedder='subject' needs the model interface; without one use 'minilm'")
-        return SubjectEmbedder(interface, below=layer)
+        return SubjectEmbedder(interface, below=layer, deep=deep, held=held)
     if spec == "hidden":
         if interface is None or layer is None:
             raise ValueError("embedder='hidden' needs the model interface and a layer")

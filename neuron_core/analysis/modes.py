@@ -20,10 +20,11 @@ token identity: 'h' in km/h and 'Pa' in kPa; an English and a French period; 'kn
 - **close in meaning or in setting**: their words are close (a word family, inflections, synonyms), or their
   windows are (the same kind of text: one programming language, one register), closer than ``merge_distance``.
 
-Distances are measured per view (the word as the subject model reads it, and the window without the word) between
-the modes' centroids, divided by the typical distance between two random contexts of the site in that view
-(``scale``). The **concept distance** of two modes is the smaller of the two (0 when a rule above says they are one
-concept): two modes are distinct concepts only when both what they are and where they stand differ.
+Distances are measured per view (the word as the subject model reads it, the window without the word, and, opted
+in with ``DetectorConfig.deep_view``, a later layer's reading of the token) between the modes' centroids, divided by
+the typical distance between two random contexts of the site in that view (``scale``). The **concept distance** of
+two modes is the smallest of them (0 when a rule above says they are one concept): two modes are distinct concepts
+only when what they are, where they stand and what the model makes of them all differ.
 
 A mode counts in the score by its **coherence**: a group as spread as random contexts (a scatter of unrelated
 tokens the clustering happened to put together) is noise, not a concept. The detector's score is **bagged**: the
@@ -102,43 +103,49 @@ def token_family(ctx: Context) -> str | None:
 
 @dataclass
 class ModeEvidence:
-    """Per context: the lower-cased whole word, the token family, the two views; and the views' random scale."""
+    """Per context: the lower-cased whole word, the token family, the views; and the views' random scale. The deep
+    view (a later layer's reading, :meth:`SubjectEmbedder.embed_deep`) is optional."""
 
     words: list[str]
     families: list[str | None]
     word_vecs: np.ndarray  # [m, d] the whole word in its window, rows L2-normalised
     window_vecs: np.ndarray  # [m, d] the window without the word
-    scale: tuple[float, float]  # typical cosine distance of two random contexts: (word view, window view)
+    scale: tuple[float, ...]  # typical cosine distance of two random contexts: (word, window[, deep]) view
+    deep_vecs: np.ndarray | None = None  # [m, d] the deep view, or None
 
     @classmethod
     def of(cls, contexts: Sequence[Context], word_vecs: np.ndarray, window_vecs: np.ndarray,
-           scale: tuple[float, float]) -> ModeEvidence:
+           scale: tuple[float, ...], deep_vecs: np.ndarray | None = None) -> ModeEvidence:
         return cls([c.word.strip().lower() for c in contexts], [token_family(c) for c in contexts],
-                   word_vecs, window_vecs, scale)
+                   word_vecs, window_vecs, scale, deep_vecs)
+
+    def views(self) -> list[tuple[np.ndarray, float]]:
+        """(vectors, scale) of each view the evidence has."""
+        vecs = [self.word_vecs, self.window_vecs] + ([] if self.deep_vecs is None else [self.deep_vecs])
+        return list(zip(vecs, self.scale))
 
     def take(self, index: np.ndarray) -> ModeEvidence:
         return ModeEvidence([self.words[i] for i in index], [self.families[i] for i in index],
-                            self.word_vecs[index], self.window_vecs[index], self.scale)
+                            self.word_vecs[index], self.window_vecs[index], self.scale,
+                            None if self.deep_vecs is None else self.deep_vecs[index])
 
     def extend(self, other: ModeEvidence) -> ModeEvidence:
+        deep = None if self.deep_vecs is None or other.deep_vecs is None else np.concatenate(
+            [self.deep_vecs, other.deep_vecs])
         return ModeEvidence(self.words + other.words, self.families + other.families,
                             np.concatenate([self.word_vecs, other.word_vecs]),
-                            np.concatenate([self.window_vecs, other.window_vecs]), self.scale)
+                            np.concatenate([self.window_vecs, other.window_vecs]), self.scale, deep)
 
 
-def view_scale(word_vecs: np.ndarray, window_vecs: np.ndarray, n_pairs: int = 4000,
-               seed: int = 0) -> tuple[float, float]:
+def view_scale(*views: np.ndarray, n_pairs: int = 4000, seed: int = 0) -> tuple[float, ...]:
     """The median cosine distance between random pairs of (random) contexts, per view."""
     rng = np.random.default_rng(seed)
-    m = word_vecs.shape[0]
+    m = views[0].shape[0]
     if m < 2:
-        return 1.0, 1.0
+        return tuple(1.0 for _ in views)
     a = rng.integers(m, size=n_pairs)
     b = (a + 1 + rng.integers(m - 1, size=n_pairs)) % m  # never a context with itself
-    out = []
-    for X in (word_vecs, window_vecs):
-        out.append(max(float(np.median(1.0 - (X[a] * X[b]).sum(1))), 1e-3))
-    return out[0], out[1]
+    return tuple(max(float(np.median(1.0 - (X[a] * X[b]).sum(1))), 1e-3) for X in views)
 
 
 @dataclass
@@ -295,11 +302,11 @@ def concept_distances(clustering: Clustering, ev: ModeEvidence, cfg: DetectorCon
     k = len(clustering.modes)
     members = [clustering.members(c) for c in clustering.modes]
     views = []
-    for X, scale in ((ev.word_vecs, ev.scale[0]), (ev.window_vecs, ev.scale[1])):
+    for X, scale in ev.views():
         cents = np.stack([X[idx].mean(0) for idx in members])
         cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
         views.append((1.0 - cents @ cents.T) / scale)
-    dist = np.minimum(views[0], views[1])
+    dist = np.minimum.reduce(views)
     for i in range(k):
         dist[i, i] = 0.0
         for j in range(i):

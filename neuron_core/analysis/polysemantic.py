@@ -94,8 +94,15 @@ class DetectorConfig:
     sep_lo: float = 0.55
     sep_hi: float = 0.85
     merge_distance: float = 0.6
-    """Modes whose concept distance is below this are one mode (see :mod:`neuron_core.analysis.modes`: the smaller
-    of the word and window distances between the modes, 1.0 = as far apart as two random contexts)."""
+    """Modes whose concept distance is below this are one mode (see :mod:`neuron_core.analysis.modes`: the smallest
+    of the views' distances between the modes, 1.0 = as far apart as two random contexts)."""
+    deep_view: float | None = None
+    """With the subject embedder: a third view for the merge rules, the model's residual stream this far through
+    its depth (0.6: SmolLM2-135M's block 18 of 30), read with the analysed sites' neurons held at their mean
+    activations (:class:`~neuron_core.analysis.embed.SubjectEmbedder`). Off by default: on the blind-labelled
+    neurons it halves the MONO neurons among a report's top 5 at the same AUC, but it merges one planted OR neuron's
+    two concepts ('vehicles' + 'legal terms'), a goal the default keeps (``benchmarks/NOTES.md``, twelfth
+    session)."""
     same_word_share: float = 0.5
     """Two modes are one concept when at least this share of each one's contexts are words the other has too."""
     family_share: float = 0.7
@@ -389,7 +396,7 @@ class PolysemanticDetector:
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
         self.null_draws: dict[int, int] = {}  # random sets drawn per null set size (after the refinement)
-        self._scale = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
+        self._scale: tuple[float, ...] = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -453,8 +460,23 @@ class PolysemanticDetector:
             spec = self._embedder_spec
             if spec == "auto":
                 spec = "subject" if self.interface is not None else "minilm"
-            self._embedder = make_embedder(spec, self.interface, layer)
+            deep = self.config.deep_view if spec == "subject" else None
+            held = self._mean_activations() if deep is not None else None
+            self._embedder = make_embedder(spec, self.interface, layer, deep=deep, held=held)
         return self._embedder
+
+    def _mean_activations(self) -> dict[str, torch.Tensor]:
+        """Each analysed site's mean activation per neuron over the source's tokens: what the subject embedder's
+        deep view holds the analysed neurons at (non-finite means count as 0)."""
+        out = {}
+        for site in self.site_names:
+            if isinstance(self.source, ActivationRecord):
+                acts = self.source[site].float()
+                mean = torch.where(torch.isfinite(acts), acts, 0.0).mean(0)
+            else:
+                mean = self.source[site].mean.float()
+            out[site] = torch.nan_to_num(mean, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
 
     def _probe_sets(self) -> dict[str, ConceptProbes]:
         """The probe sets, read once (a dict given by the user, a folder, or the bundled ones)."""
@@ -592,25 +614,29 @@ class PolysemanticDetector:
         if unique:
             self._views([c for key, c in unique.items() if key not in randoms])
         if len(reference) >= 2:
-            _, W, C = self._views(reference)
-            self._scale = view_scale(W, C, seed=REFERENCE_SEED)
+            _, W, C, deep = self._views(reference)
+            self._scale = view_scale(W, C, *([] if deep is None else [deep]), seed=REFERENCE_SEED)
         return null_pool
 
-    def _views(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X, word view, window view) of contexts; an embedder without views gives X for both."""
+    def _views(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(X, word view, window view, deep view or None) of contexts; an embedder without views gives X for the
+        word and the window view."""
         if not ctxs:
             empty = np.zeros((0, 1), np.float32)
-            return empty, empty, empty
+            return empty, empty, empty, None
         X = self.embedder.embed(ctxs)
+        deep_of = getattr(self.embedder, "embed_deep", None)
+        deep = None if deep_of is None else deep_of(ctxs)
         views = getattr(self.embedder, "embed_views", None)
         if views is None:
-            return X, X, X
+            return X, X, X, deep
         W, C = views(ctxs)
-        return X, W, C
+        return X, W, C, deep
 
     def _evidence(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, ModeEvidence]:
-        X, W, C = self._views(ctxs)
-        return X, ModeEvidence.of(ctxs, W, C, self._scale)
+        X, W, C, deep = self._views(ctxs)
+        scale = self._scale if deep is None else (*self._scale[:2], *(self._scale[2:] or (1.0,)))
+        return X, ModeEvidence.of(ctxs, W, C, scale, deep)
 
     def _probe_selectivity(self, gathered: list[_Gathered]) -> dict[str, Any]:
         """Per site, each analysed neuron's response to the probes' held-out spans (with a model interface)."""

@@ -129,21 +129,45 @@ def test_unrelated_concepts_stay_apart():
     assert score > 0.5 and separation > 0.9
 
 
-@pytest.mark.parametrize("view", ["word", "window"])
-def test_close_in_either_view_is_one_concept(view):
-    """Two modes whose words differ but sit in one setting (or share meaning in different settings) are one
-    concept: the concept distance is the smaller of the two views' distances, each over its random scale."""
+@pytest.mark.parametrize("view", ["word", "window", "deep"])
+def test_close_in_any_view_is_one_concept(view):
+    """Two modes whose words differ but sit in one setting (or share meaning in different settings, or that a
+    later layer reads as one kind of thing) are one concept: the concept distance is the smallest of the views'
+    distances, each over its random scale."""
     ctxs, far = two_groups(ANIMALS, MONTHS)
     rng = np.random.default_rng(1)
     near = np.repeat(rng.normal(size=(1, 32)), len(ctxs), axis=0) + 0.05 * rng.normal(size=(len(ctxs), 32))
     near = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
-    words, windows = (near, far) if view == "word" else (far, near)
-    ev = ModeEvidence.of(ctxs, words, windows, scale=(1.0, 1.0))
+    words, windows, deep = (near if view == v else far for v in ("word", "window", "deep"))
+    ev = ModeEvidence.of(ctxs, words, windows, scale=(1.0, 1.0, 1.0), deep_vecs=deep)
     split = Clustering(np.array([0] * 4 + [1] * 4), [0, 1], 0.5, {0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5})
     assert concept_distances(split, ev, CFG)[0, 1] < CFG.merge_distance
     assert len(merge_modes(far, split, ev, CFG).modes) == 1
-    apart = ModeEvidence.of(ctxs, far, far, scale=(1.0, 1.0))
+    apart = ModeEvidence.of(ctxs, far, far, scale=(1.0, 1.0, 1.0), deep_vecs=far)
     assert concept_distances(split, apart, CFG)[0, 1] > 1.0
+    assert len(merge_modes(far, split, apart, CFG).modes) == 2
+
+
+def test_concept_distance_is_the_smallest_scaled_view_distance():
+    """Against a direct computation: per view, 1 - cosine of the two modes' mean vectors over that view's scale;
+    the concept distance is the smallest (the deep view counts only when the evidence has it)."""
+    ctxs, _ = two_groups(ANIMALS, MONTHS)
+    rng = np.random.default_rng(5)
+    views = [rng.normal(size=(len(ctxs), 16)).astype(np.float32) for _ in range(3)]
+    scale = (0.9, 1.1, 0.7)
+    split = Clustering(np.array([0] * 4 + [1] * 4), [0, 1], 0.5, {0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5})
+
+    def direct(X: np.ndarray, s: float) -> float:
+        a, b = X[:4].mean(0), X[4:].mean(0)
+        return float(1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)) / s
+
+    want = [direct(X, s) for X, s in zip(views, scale)]
+    three = ModeEvidence.of(ctxs, *views[:2], scale=scale, deep_vecs=views[2])
+    two = ModeEvidence.of(ctxs, *views[:2], scale=scale[:2])
+    assert concept_distances(split, three, CFG)[0, 1] == pytest.approx(max(0.0, min(want)), abs=1e-5)
+    assert concept_distances(split, two, CFG)[0, 1] == pytest.approx(max(0.0, min(want[:2])), abs=1e-5)
+    assert three.take(np.array([0, 5])).deep_vecs.shape == (2, 16)
+    assert three.extend(three).deep_vecs.shape == (16, 16)
 
 
 def test_verdict_against_scipy_exact_interval():

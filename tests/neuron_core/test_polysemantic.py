@@ -99,12 +99,11 @@ def test_null_is_calibrated(planted):
     reach the score a verdict needs."""
     _, prof, det = planted
     from neuron_core.analysis.contexts import random_contexts
-    from neuron_core.analysis.modes import ModeEvidence, bagged_score, cluster
+    from neuron_core.analysis.modes import bagged_score, cluster
 
     det.run()  # the embedder is fitted to the layer's random contexts
     pool = random_contexts(prof, SITE, 400, seed=7)
-    X, W, C = det._views(pool)
-    ev = ModeEvidence.of(pool, W, C, det._scale)
+    X, ev = det._evidence(pool)
     rng = np.random.default_rng(3)
     scores = []
     ones = np.ones(40)
@@ -136,6 +135,27 @@ def test_detector_on_a_small_record(seed_record, smollm):
     frame = det.scores()
     assert len(frame) == 80 and frame["site"].nunique() == 2
     assert frame["score"].between(0, 1).all() and frame["p_value"].between(0, 1).all()
+
+
+def test_deep_view_is_opt_in_and_holds_the_analysed_sites(seed_record, smollm):
+    """DetectorConfig.deep_view: the subject embedder reads a later layer with every analysed site's neurons held
+    at their mean over the record (checked against the record itself), and the modes' evidence carries that view
+    with its own random scale; the default has two views."""
+    det = PolysemanticDetector(seed_record, interface=ModelInterface(smollm),
+                               config=DetectorConfig(max_neurons=10, n_null=50, deep_view=0.6))
+    frame = det.scores()
+    assert len(frame) == 20
+    emb = det.embedder
+    assert emb.deep_layer == round(0.6 * smollm.model.config.num_hidden_layers)
+    held = {site.name: mean for site, mean in emb.held.items()}
+    assert sorted(held) == sorted(det.site_names)
+    for site, mean in held.items():
+        torch.testing.assert_close(mean, seed_record[site].float().mean(0), atol=1e-5, rtol=1e-4)
+    assert len(det._scale) == 3
+    ctxs = det._contexts(det.site_names[0], int(frame["neuron"].iloc[0]))
+    assert det._evidence(ctxs)[1].deep_vecs.shape[0] == len(ctxs)
+    plain = PolysemanticDetector(seed_record, interface=ModelInterface(smollm), config=DetectorConfig(max_neurons=10))
+    assert plain.embedder.deep_layer is None and not plain.embedder.held
 
 
 def test_bad_inputs(seed_record, tiny_gpt2):
