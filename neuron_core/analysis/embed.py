@@ -164,10 +164,10 @@ class SubjectEmbedder(_Cached):
     neuron's own output, written into later layers, does not make its contexts look alike.
 
     ``deep``: a third view for the merge rules only (:meth:`embed_deep`), the residual stream ``deep`` of the way
-    through the model (0.6: SmolLM2-135M's block 18 of 30), standardised the same way. Later layers read a token as
-    a broader kind of thing ('times' near 'twice', a sentence's second token near another's), which the early
-    reading and MiniLM's window do not; two modes close there are one concept. ``None`` (the default): no deep
-    view (``DetectorConfig.deep_view`` says why it is off).
+    through the model (0.6: SmolLM2-135M's block 18 of 30), standardised the same way; two modes close there are
+    one concept. On the labelled neurons it merged kinds of one broad concept the early reading and MiniLM's window
+    keep apart, partly by the token's place in its window: it also reads unrelated tokens that sit early alike
+    (``benchmarks/NOTES.md``). ``None`` (the default): no deep view (``DetectorConfig.deep_view`` says why).
     ``held``: site name -> mean activation per neuron (the analysed sites). During the read those sites' neurons
     are held at their means, so that no analysed neuron's own output, written below the deep layer, makes its
     contexts look alike there (a neuron that fires hard on two unrelated concepts would otherwise read as one).

@@ -120,7 +120,7 @@ class ModeEvidence:
                    word_vecs, window_vecs, scale, deep_vecs)
 
     def views(self) -> list[tuple[np.ndarray, float]]:
-        """(vectors, scale) of each view the evidence has."""
+        """(vectors, scale) of each view the evidence has (``scale`` may list more views than there are)."""
         vecs = [self.word_vecs, self.window_vecs] + ([] if self.deep_vecs is None else [self.deep_vecs])
         return list(zip(vecs, self.scale))
 

@@ -100,9 +100,9 @@ class DetectorConfig:
     """With the subject embedder: a third view for the merge rules, the model's residual stream this far through
     its depth (0.6: SmolLM2-135M's block 18 of 30), read with the analysed sites' neurons held at their mean
     activations (:class:`~neuron_core.analysis.embed.SubjectEmbedder`). Off by default: on the blind-labelled
-    neurons it halves the MONO neurons among a report's top 5 at the same AUC, but it merges one planted OR neuron's
-    two concepts ('vehicles' + 'legal terms'), a goal the default keeps (``benchmarks/NOTES.md``, twelfth
-    session)."""
+    neurons it cuts the MONO neurons among a report's top 5 from 10 of 19 to 6 of 17 at about the same AUC, but it
+    merges one planted OR neuron's two concepts ('vehicles' + 'legal terms'), a goal the default keeps
+    (``benchmarks/NOTES.md``, twelfth session)."""
     same_word_share: float = 0.5
     """Two modes are one concept when at least this share of each one's contexts are words the other has too."""
     family_share: float = 0.7
@@ -396,7 +396,7 @@ class PolysemanticDetector:
         self._results: list[PolysemanticNeuron] | None = None
         self.timings: dict[str, float] = {}
         self.null_draws: dict[int, int] = {}  # random sets drawn per null set size (after the refinement)
-        self._scale: tuple[float, ...] = (1.0, 1.0)  # typical random-pair distance per view (set from the null pool)
+        self._scale: tuple[float, ...] = (1.0, 1.0, 1.0)  # random-pair distance per view (set from reference draws)
         self.n_excluded: dict[str, int] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -467,7 +467,7 @@ class PolysemanticDetector:
 
     def _mean_activations(self) -> dict[str, torch.Tensor]:
         """Each analysed site's mean activation per neuron over the source's tokens: what the subject embedder's
-        deep view holds the analysed neurons at (non-finite means count as 0)."""
+        deep view holds the analysed neurons at (non-finite values count as 0)."""
         out = {}
         for site in self.site_names:
             if isinstance(self.source, ActivationRecord):
@@ -635,8 +635,7 @@ class PolysemanticDetector:
 
     def _evidence(self, ctxs: Sequence[Context]) -> tuple[np.ndarray, ModeEvidence]:
         X, W, C, deep = self._views(ctxs)
-        scale = self._scale if deep is None else (*self._scale[:2], *(self._scale[2:] or (1.0,)))
-        return X, ModeEvidence.of(ctxs, W, C, scale, deep)
+        return X, ModeEvidence.of(ctxs, W, C, self._scale, deep)
 
     def _probe_selectivity(self, gathered: list[_Gathered]) -> dict[str, Any]:
         """Per site, each analysed neuron's response to the probes' held-out spans (with a model interface)."""
