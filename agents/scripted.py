@@ -7,9 +7,9 @@ Usage::
     turn.text          # a narrative whose every number and neuron id comes from the findings' typed quantities
 
     scripted_narrative(TurnFacts(plan=plan, findings=findings))
-    # 'We profiled 20,000 tokens from 512 documents at layer 6 [F002]. Of the 64 most active neurons analysed in
-    #  layer 6, 7 are polysemantic and 3 borderline [F005]. The strongest case is L6/N1233 (score 0.81, p = 0.005),
-    #  whose 2 modes are “months” (55%) and “JSON keys” (40%) [F006]. ...'
+    # 'We profiled 20,000 tokens from 512 documents at layer 6 [F002]. Of the 64 neurons analysed in layer 6 (the
+    #  most promising of its 1,536 by a quick screen), 7 are polysemantic and 3 borderline [F005]. The strongest case
+    #  is L6/N1233 (score 0.81, p = 0.005), whose 2 modes are “months” (55%) and “JSON keys” (40%) [F006]. ...'
 
 The chat's answers come from here too (``explain_text``, ``promotes_text``, ``detection_sentence``): why a neuron is or
 is not polysemantic, what it promotes, a layer's detection in a sentence.
@@ -98,20 +98,22 @@ def _capture_sentence(findings: Sequence[Finding], layers: Sequence[int]) -> lis
 
 
 def _summary_sentence(s: Finding) -> str:
-    n, n_poly, n_border = (int(s.value(k, default=0)) for k in ("n_analysed", "n_polysemantic", "n_borderline"))
+    n, n_poly, n_border, n_screened = (int(s.value(k, default=0)) for k in (
+        "n_analysed", "n_polysemantic", "n_borderline", "n_screened"))
     where = _where(s)
     if n == 1:
         state = "polysemantic" if n_poly else "borderline" if n_border else "not polysemantic"
         return f"The single neuron analysed in {where} is {state} [{s.id}]."
-    analysed = f"the {_num(n)} most active neurons analysed"
+    screen = f" (the most promising of its {_num(n_screened)} by a quick screen)" if n_screened > n else ""
+    analysed = f"the {_num(n)} neurons analysed in {where}{screen}"
     if n_poly == 0 and n_border == 0:
-        return f"None of {analysed} in {where} is polysemantic [{s.id}]."
+        return f"None of {analysed} is polysemantic [{s.id}]."
     if n_poly == 0:
         verb = _is(n_border)
-        return f"Of {analysed} in {where}, none is polysemantic and {_num(n_border)} {verb} borderline [{s.id}]."
+        return f"Of {analysed}, none is polysemantic and {_num(n_border)} {verb} borderline [{s.id}]."
     verb = _is(n_poly)
     border = f" and {_num(n_border)} borderline" if n_border else ""
-    return f"Of {analysed} in {where}, {_num(n_poly)} {verb} polysemantic{border} [{s.id}]."
+    return f"Of {analysed}, {_num(n_poly)} {verb} polysemantic{border} [{s.id}]."
 
 
 def _strongest_sentence(poly: Sequence[Finding]) -> list[str]:
@@ -234,7 +236,10 @@ def promotes_text(found: Finding, ref: str) -> str:
 def detection_sentence(summary: Finding, layer: int, found: list[str], findings: list[Finding]) -> str:
     n_an = int(summary.value("n_analysed", layer=layer))
     n_poly = int(summary.value("n_polysemantic", layer=layer))
-    sentence = f"Of {n_an} neurons analysed in layer {layer}, {n_poly} {_is(n_poly)} polysemantic [{summary.id}]"
+    n_screened = int(summary.value("n_screened", layer=layer, default=0))
+    screen = f" (the most promising of its {_num(n_screened)} by a quick screen)" if n_screened > n_an else ""
+    sentence = (f"Of {n_an} neurons analysed in layer {layer}{screen}, {n_poly} {_is(n_poly)} polysemantic "
+                f"[{summary.id}]")
     if not found:
         return sentence + "."
     top = _verdict_finding(findings, found[0])

@@ -65,7 +65,8 @@ class WorkbenchSettings(BaseSettings):
     # -- investigation defaults ---------------------------------------------------------------------------------
     runs_dir: str = Field(default="runs", description="parent folder of the run folders")
     max_tokens: int = Field(default=20_000, ge=64, description="corpus tokens profiled when the request says not")
-    max_neurons: int = Field(default=64, ge=1, description="neurons per layer the detector analyses")
+    max_neurons: int = Field(default=64, ge=1, description="neurons per layer the detector analyses in full (the "
+                             "most promising of a quick screen of every neuron)")
     top_n: int = Field(default=5, ge=1, le=50, description="polysemantic neurons reported in detail")
     detector_n_null: int | None = Field(default=None, ge=10, le=5000, description="random context sets for the "
                                         "detector's p-value (None: the library's default)")

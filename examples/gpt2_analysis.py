@@ -28,7 +28,8 @@ SENTENCES = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2")
-    parser.add_argument("--neurons-per-layer", type=int, default=16, help="most active neurons analysed per layer")
+    parser.add_argument("--neurons-per-layer", type=int, default=16,
+                        help="neurons analysed in full per layer (the most promising of a quick screen)")
     parser.add_argument("--heatmap", default=None, help="save a heatmap of the last layer to this PNG")
     args = parser.parse_args()
     try:

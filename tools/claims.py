@@ -54,7 +54,7 @@ _CLAUSE_BREAK = re.compile(r"[,;()\[\]—]")
 _SHARES = frozenset({"share", "top_share"})
 _PERCENT = frozenset({"share", "top_share", "frac_active", "mean_frac_active"})
 _NEURON_COUNTS = frozenset({"n_analysed", "n_neurons", "n_dead", "n_dense", "n_outlier", "n_polysemantic",
-                            "n_borderline", "max_neurons", "top_n", "d_mlp"})
+                            "n_borderline", "max_neurons", "top_n", "d_mlp", "n_screened"})
 QUANTITY_WORDS: dict[str, frozenset[str]] = {
     **dict.fromkeys(("score", "scores", "scoring"), frozenset({"score"})),
     **dict.fromkeys(("p", "p-value", "p_value", "pvalue"), frozenset({"p_value"})),

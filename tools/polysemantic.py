@@ -30,7 +30,8 @@ DETECTIONS_FILE = "tables/detections.json"
 
 class DetectArgs(StrictArgs):
     layer: int = Field(ge=-64, le=256, description="a profiled layer")
-    max_neurons: int = Field(default=64, ge=1, le=8192, description="neurons analysed, most active first")
+    max_neurons: int = Field(default=64, ge=1, le=8192, description="neurons analysed in full: the most "
+                             "promising of a quick screen of every neuron of the layer")
     top_n: int = Field(default=5, ge=1, le=50, description="how many polysemantic neurons to return")
     n_null: int | None = Field(default=None, ge=10, le=5000, description="random context sets for the p-value")
     neurons: list[int] | None = Field(default=None, max_length=64, description="analyse exactly these neurons "
@@ -126,20 +127,26 @@ def record_verdict(store: FindingStore, verdict: Any, *, artifact: str, rank: in
 
 
 def record_detection(store: FindingStore, site: str, results: Sequence[Any], *, artifact: str,
-                     requested: Sequence[int] = (), max_borderline: int = 5) -> list[str]:
+                     requested: Sequence[int] = (), max_borderline: int = 5, n_screened: int | None = None
+                     ) -> list[str]:
     """The findings of one layer's detection: the summary, every detected neuron (best first), the strongest
-    ``max_borderline`` borderline ones and the requested neurons' verdicts. Returns their ids."""
+    ``max_borderline`` borderline ones and the requested neurons' verdicts. Returns their ids. ``n_screened``:
+    how many neurons the detector's screen scored to pick the analysed ones (None: no screen)."""
     found = sorted((v for v in results if v.verdict == "detected"), key=lambda v: -v.score)
     borderline = sorted((v for v in results if v.verdict == "borderline"), key=lambda v: -v.score)
     label, layer = site_label(site), site_layer(site)
     n_borderline = f" and {len(borderline)} borderline" if borderline else ""
+    counts = {"n_analysed": len(results), "n_polysemantic": len(found), "n_borderline": len(borderline)}
+    screen = ""
+    if n_screened is not None and n_screened > len(results):
+        counts["n_screened"] = n_screened
+        screen = f" (the most promising of its {n_screened} neurons by a quick screen)"
     ids = [store.add(
         kind="polysemantic_summary", artifact=artifact, source="detect_polysemantic",
-        claim=f"Of {len(results)} neuron{'' if len(results) == 1 else 's'} analysed in {label}, {len(found)} "
+        claim=f"Of {len(results)} neuron{'' if len(results) == 1 else 's'} analysed in {label}{screen}, {len(found)} "
               f"{'is' if len(found) == 1 else 'are'} polysemantic{n_borderline}.",
         neurons=[v.ref for v in found],
-        quantities=quantities_of({"n_analysed": len(results), "n_polysemantic": len(found),
-                                  "n_borderline": len(borderline)}, layer=layer),
+        quantities=quantities_of(counts, layer=layer),
         labels=[Label(name="site", text=label, layer=layer)])]
     ids += [record_verdict(store, v, artifact=artifact, rank=rank) for rank, v in enumerate(found, 1)]
     extra = borderline[:max_borderline] + [v for v in results if v.neuron in requested and v.verdict != "detected"]
@@ -173,7 +180,7 @@ def detect_polysemantic(ctx: ToolContext, args: DetectArgs) -> Detection:
     _save(ctx)
     artifact = _write_scores(ctx, site, det.scores())
     ids = record_detection(ctx.findings, site, det.results, artifact=artifact, requested=args.neurons or (),
-                           max_borderline=args.top_n)
+                           max_borderline=args.top_n, n_screened=det.n_screened.get(site))
     finding_of = {f.subject: f.id for f in ctx.findings.by_kind("polysemantic") if f.id in ids}
     return _detection(site, det, ids, finding_of, artifact, args.top_n)
 

@@ -253,8 +253,8 @@ class Answerer:
         if described is None and spec is None:
             return await self._top_examples(entry, ref, f"The strongest contexts of {ref}.")
         if described is None:
-            raise Ask(f"{ref} was not among the neurons analysed for modes (the most active ones are); ask for its "
-                      "examples, or investigate with more neurons (--max-neurons).")
+            raise Ask(f"{ref} was not among the neurons analysed for modes (the most promising of a quick screen "
+                      "are); ask for its examples, or investigate with more neurons (--max-neurons).")
         result, finding = described
         index = self._mode_index(spec, result)
         if index is None:

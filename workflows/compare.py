@@ -28,6 +28,7 @@ class LayerFacts:
     n_analysed: int
     n_polysemantic: int
     n_borderline: int
+    n_screened: int = 0  # neurons the detector's screen scored to pick the analysed ones (0: no screen)
     top: list[tuple[str, float, int]] = field(default_factory=list)  # (neuron id, score, modes), best first
     scores: list[float] = field(default_factory=list)  # every analysed neuron's score
     detected_scores: list[float] = field(default_factory=list)
@@ -35,6 +36,16 @@ class LayerFacts:
     @property
     def share(self) -> float:
         return self.n_polysemantic / self.n_analysed if self.n_analysed else 0.0
+
+    @property
+    def is_rate(self) -> bool:
+        """Whether ``share`` estimates the layer's rate: not when a screen picked the most promising neurons."""
+        return self.n_screened <= self.n_analysed
+
+    @property
+    def analysed_text(self) -> str:
+        screen = f" (the most promising of its {self.n_screened:,} by a quick screen)" if not self.is_rate else ""
+        return f"{self.n_polysemantic} of {self.n_analysed} analysed neurons{screen}"
 
 
 @dataclass
@@ -62,6 +73,7 @@ def _facts(session: Session, entry: RunEntry, layer: int) -> LayerFacts:
     facts = LayerFacts(layer, int(summary.value("n_analysed", layer=layer)),
                        int(summary.value("n_polysemantic", layer=layer)),
                        int(summary.value("n_borderline", layer=layer, default=0)),
+                       int(summary.value("n_screened", layer=layer, default=0)),
                        top=[(ref, score, n) for _, ref, score, n in sorted(top)[:TOP]])
     path = ctx.run.path_for("tables/polysemantic.parquet")
     if path.exists():
@@ -76,13 +88,13 @@ def _record(session: Session, model: str, layers: list[LayerFacts]) -> Finding:
     quantities: list[Quantity] = []
     labels = [Label(name="model", text=model)]
     for lf in layers:
-        quantities += quantities_of({"n_analysed": lf.n_analysed, "n_polysemantic": lf.n_polysemantic,
-                                     "n_borderline": lf.n_borderline, "share": round(lf.share, 6)}, layer=lf.layer)
+        counts = {"n_analysed": lf.n_analysed, "n_polysemantic": lf.n_polysemantic, "n_borderline": lf.n_borderline}
+        counts |= {"share": round(lf.share, 6)} if lf.is_rate else {"n_screened": lf.n_screened}
+        quantities += quantities_of(counts, layer=lf.layer)
         for rank, (ref, score, n_modes) in enumerate(lf.top, 1):
             quantities += quantities_of({"score": score, "n_modes": n_modes, "rank": rank}, neuron=ref)
     neurons = [ref for lf in layers for ref, _, _ in lf.top]
-    claim = "; ".join(f"layer {lf.layer}: {lf.n_polysemantic} of {lf.n_analysed} analysed neurons polysemantic"
-                      for lf in layers)
+    claim = "; ".join(f"layer {lf.layer}: {lf.analysed_text} polysemantic" for lf in layers)
     fid = session.findings.add(kind="comparison", claim=f"Compared {model}: {claim}.", neurons=neurons,
                                quantities=quantities, labels=labels, artifact="session.json", source="compare")
     return session.findings.get(fid)
@@ -98,7 +110,8 @@ def _figure(session: Session, model: str, layers: list[LayerFacts]) -> str:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     left.bar(names, [100 * lf.share for lf in layers], color="#4c72b0")
     left.set_ylabel("detected polysemantic (% of analysed)")
-    left.set_title("detected share")
+    screened = not all(lf.is_rate for lf in layers)
+    left.set_title("detected share" + (" (screened: not a layer's rate)" if screened else ""), fontsize=9)
     import numpy as np
 
     jitter = np.random.default_rng(0)
@@ -124,8 +137,8 @@ def _figure(session: Session, model: str, layers: list[LayerFacts]) -> str:
 
 
 def _prose(layers: list[LayerFacts], fid: str) -> str:
-    lines = [f"Layer {lf.layer}: {lf.n_polysemantic} of {lf.n_analysed} analysed neurons are polysemantic "
-             f"({lf.share:.0%}), {lf.n_borderline} borderline [{fid}]." for lf in layers]
+    lines = [f"Layer {lf.layer}: {lf.analysed_text} are polysemantic" + (f" ({lf.share:.0%})" if lf.is_rate else "")
+             + f", {lf.n_borderline} borderline [{fid}]." for lf in layers]
     side = []
     for lf in layers:
         tops = ", ".join(f"{ref} (score {score:.2f}, {n} modes)" for ref, score, n in lf.top)
@@ -138,7 +151,8 @@ def compare_layers(session: Session, model: str, layers: list[int], entries: lis
     finding = _record(session, model, facts)
     figure = _figure(session, model, facts)
     header = ["layer", "analysed", "polysemantic", "share", "borderline", "top neurons (score, modes)"]
-    rows = [[str(lf.layer), str(lf.n_analysed), str(lf.n_polysemantic), f"{lf.share:.0%}", str(lf.n_borderline),
+    rows = [[str(lf.layer), str(lf.n_analysed) + (f" of {lf.n_screened:,}" if not lf.is_rate else ""),
+             str(lf.n_polysemantic), f"{lf.share:.0%}" if lf.is_rate else "–", str(lf.n_borderline),
              ", ".join(f"{ref} ({score:.2f}, {n})" for ref, score, n in lf.top) or "–"] for lf in facts]
     return Comparison(text=_prose(facts, finding.id), table=(header, rows), figures=[figure], finding=finding,
                       top_refs=[ref for lf in facts for ref, _, _ in lf.top])

@@ -90,14 +90,16 @@ def strong_contexts(prof: Any, layer: int, neuron: int, n_top: int, n_random: in
     return strong_top, [rest[int(i)] for i in picks], peak
 
 
-def default_top5(prof: Any, interface: Any = None, seed: int = 0, top_n: int = 5) -> list[tuple[int, int]]:
-    """The neurons a default investigation reports first for each dev layer: the detector with its defaults on the
-    64 most active neurons (``Plan.max_neurons``), best first."""
+def default_top5(prof: Any, interface: Any = None, seed: int = 0, top_n: int = 5,
+                 layers: list[int] | None = None) -> list[tuple[int, int]]:
+    """The neurons a default investigation reports first for each layer (the dev layers by default): the detector
+    with its defaults on the 64 neurons (``Plan.max_neurons``) its screen finds most promising
+    (``DetectorConfig.select``), best first."""
     from neuron_core.analysis import DetectorConfig, PolysemanticDetector
 
     interface = interface or load_interface()
     out = []
-    for layer in DEV_LAYERS:
+    for layer in layers or DEV_LAYERS:
         site = prof[f"layer {layer}"].name
         det = PolysemanticDetector(prof, interface=interface, config=DetectorConfig(max_neurons=64, ablation=False),
                                    sites=[site], seed=seed)

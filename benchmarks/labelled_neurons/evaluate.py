@@ -11,8 +11,8 @@ sheets were made from (``common.py``). Prints:
 - on the dev layers (3, 9, 15, 21) and, separately, on the held-out layer 6: the AUC of the score for POLY against
   MONO, and the precision and recall of ``detect()`` (precision over the detected neurons labelled POLY or MONO);
   how the borderline verdicts fall;
-- the labels of the top 5 neurons a default investigation reports for each dev layer (labelled blind in a second
-  round, ids ``T...``; neurons already labelled in the random draw keep their label).
+- the labels of the top 5 neurons a default investigation reports for each layer, dev and held out (labelled blind
+  in later rounds, ids ``T...``; neurons already labelled in the random draw keep their label).
 """
 
 from __future__ import annotations
@@ -158,17 +158,21 @@ def main() -> None:
 
 def print_top5(prof: object, interface: object, key: list[KeyRow], truth: dict[str, str], seed: int) -> None:
     by_neuron = {(r.layer, r.neuron): r.sheet_id for r in key}
-    top = default_top5(prof, interface, seed=seed)
-    print("\nTop 5 of a default investigation per dev layer (64 most active neurons analysed), with the blind "
-          "majority label (goal: none MONO):\n")
+    top = default_top5(prof, interface, seed=seed, layers=DEV_LAYERS + HELDOUT_LAYERS)
+    print("\nTop 5 of a default investigation per layer (the 64 most promising neurons of a quick screen analysed), "
+          "with the blind majority label (goal: none MONO):\n")
     print("| layer | neuron | label |")
     print("|---:|---:|---|")
-    for layer, neuron in top:
+
+    def label_of(layer: int, neuron: int) -> str:
         sid = by_neuron.get((layer, neuron))
-        label = truth.get(sid, "not labelled") if sid else "not labelled"
-        print(f"| {layer} | L{layer}/N{neuron} | {label} |")
-    counts = Counter(truth.get(by_neuron.get(t, ""), "not labelled") for t in top)
-    print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        return truth.get(sid, "not labelled") if sid else "not labelled"
+
+    for layer, neuron in top:
+        print(f"| {layer} | L{layer}/N{neuron} | {label_of(layer, neuron)} |")
+    for name, layers in (("dev layers", DEV_LAYERS), ("held-out layer", HELDOUT_LAYERS)):
+        counts = Counter(label_of(layer, neuron) for layer, neuron in top if layer in layers)
+        print(f"\n{name} {', '.join(map(str, layers))}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
 
 
 if __name__ == "__main__":

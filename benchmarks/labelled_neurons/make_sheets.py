@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/labelled_neurons/make_sheets.py              # dev layers + held-out layer 6 (random draw)
-    python benchmarks/labelled_neurons/make_sheets.py --top5       # the default investigation's top 5 per layer
+    python benchmarks/labelled_neurons/make_sheets.py --top5       # the top 5 per layer (dev, held out)
 
 Every sheet shows a neuron by an anonymous id (``D017``): its 20 strongest contexts and up to 10 contexts drawn at
 random from its other strong activations (at least 20 % of its peak), the firing token marked ``[[...]]``, each with
@@ -85,7 +85,8 @@ def main() -> None:
 
         key = read_key()
         known = {(r.layer, r.neuron) for r in key}
-        new = [(layer, n) for layer, n in default_top5(prof) if (layer, n) not in known]
+        top = default_top5(prof, layers=DEV_LAYERS + HELDOUT_LAYERS)
+        new = [(layer, n) for layer, n in top if (layer, n) not in known]
         start = len(key)
         rows = [KeyRow(f"T{start + i + 1:03d}", layer, n, "top5", args.seed) for i, (layer, n) in enumerate(new)]
         write_key(key + rows)

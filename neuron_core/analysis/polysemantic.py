@@ -44,7 +44,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ from neuron_core.analysis.modes import (
     bagged_score,
     centroids,
     cluster,
+    merge_and_score,
     merge_modes,
     view_scale,
 )
@@ -76,7 +77,15 @@ class DetectorConfig:
     """Settings of the detector (see the module docstring for how each one is used)."""
 
     max_neurons: int | None = None
-    """Analyse at most this many neurons per site, the ones with the highest maximum activation; None: all."""
+    """Analyse at most this many neurons per site (chosen by ``select``); None: all."""
+    select: Literal["screen", "peak"] = "screen"
+    """Which ``max_neurons`` neurons get the full analysis. "screen": every firing neuron of the site is clustered,
+    merged and scored once (no subsets, no null; embedding every neuron's contexts is most of its cost: about 40-100
+    s for a SmolLM2 layer on 2 CPU cores) and the best go on. "peak": the highest maximum activations (only they are
+    embedded). Those are mostly broad role and format neurons whose kinds split into modes ('-ly' adverbs | 'very';
+    Unix paths | git commands): by blind labels, 10 of the 19 neurons a report of the 64 highest peaks led with on
+    four SmolLM2 layers are one concept; with the screen none of 20 is, nor of 5 on a fifth layer
+    (``benchmarks/NOTES.md``, thirteenth session)."""
     n_top: int = 24
     """Top-band contexts per neuron."""
     n_sample: int = 24
@@ -379,6 +388,8 @@ class PolysemanticDetector:
                              f"not {type(source).__name__}")
         self.source = source
         self.config = config or DetectorConfig()
+        if self.config.select not in ("screen", "peak"):
+            raise InputError(f"DetectorConfig.select must be 'screen' or 'peak', got {self.config.select!r}")
         self.seed = seed
         self.executor, self.address, self.shards = executor, address, shards
         self._prepared: _Prepared | None = None  # a part's run between its two halves
@@ -398,6 +409,8 @@ class PolysemanticDetector:
         self.null_draws: dict[int, int] = {}  # random sets drawn per null set size (after the refinement)
         self._scale: tuple[float, ...] = (1.0, 1.0, 1.0)  # random-pair distance per view (set from reference draws)
         self.n_excluded: dict[str, int] = {}
+        self.n_screened: dict[str, int] = {}  # per site: neurons the screen scored (select="screen")
+        self._chosen: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -412,7 +425,14 @@ class PolysemanticDetector:
         return self.source[site].max.float()
 
     def _neurons_for(self, site: str) -> list[int]:
-        arg = self._neurons_arg
+        if site not in self._chosen:
+            self._chosen[site] = self._choose(site)
+        return self._chosen[site]
+
+    def _choose(self, site: str) -> list[int]:
+        """The asked-for neurons, or the site's firing neurons (highest peak first), at most ``max_neurons`` of
+        them by ``select``."""
+        arg, cfg = self._neurons_arg, self.config
         peak = self._acts_max(site)
         n_total = peak.numel()
         if isinstance(arg, Mapping):
@@ -423,8 +443,8 @@ class PolysemanticDetector:
             finite = torch.isfinite(peak) & (peak > 0)
             order = torch.argsort(torch.where(finite, peak, -torch.inf), descending=True)
             chosen = [int(n) for n in order[: int(finite.sum())]]
-            if self.config.max_neurons is not None:
-                chosen = chosen[: self.config.max_neurons]
+            if cfg.max_neurons is not None and len(chosen) > cfg.max_neurons:
+                chosen = self._screen(site, chosen) if cfg.select == "screen" else chosen[: cfg.max_neurons]
         bad = [n for n in chosen if not 0 <= n < n_total]
         if bad:
             raise InputError(f"neurons {bad[:5]} out of range for {site} (0-{n_total - 1})")
@@ -433,6 +453,26 @@ class PolysemanticDetector:
             excluded = int((self.source[site].n_nonfinite > 0).sum())
         self.n_excluded[site] = excluded
         return chosen
+
+    def _screen(self, site: str, neurons: list[int]) -> list[int]:
+        """The ``max_neurons`` of ``neurons`` whose contexts, clustered, merged and scored once (no subsets, no
+        null), score highest; ties keep the given order. The embeddings stay cached for the full analysis."""
+        cfg = self.config
+        gathered = [_Gathered(site, n, self._contexts(site, n)) for n in neurons]
+        self._embed_all(gathered)
+        names, cents = self._probes()
+        concept_cents = cents if cfg.merge_same_concept and len(names) else None
+        quick = {}
+        for g in gathered:
+            if len(g.contexts) < cfg.min_contexts:
+                quick[g.neuron] = -1.0
+                continue
+            X, ev = self._evidence(g.contexts)
+            values = np.array([c.value for c in g.contexts])
+            sampled = np.array([c.sampled for c in g.contexts], dtype=float)
+            quick[g.neuron] = merge_and_score(X, cluster(X, values, sampled, cfg), ev, cfg, values, concept_cents)[1]
+        self.n_screened[site] = len(neurons)
+        return sorted(neurons, key=lambda n: -quick[n])[: cfg.max_neurons]
 
     def _contexts(self, site: str, neuron: int) -> list[Context]:
         cfg = self.config
@@ -520,6 +560,7 @@ class PolysemanticDetector:
     def _prepare(self) -> _Prepared:
         """Everything before the null: contexts, embeddings, probes, clusters merged into modes, scores; and what
         the null is drawn from."""
+        self._stage("screen", lambda: [self._neurons_for(site) for site in self.site_names])
         gathered = self._stage("contexts", self._gather)
         null_pool = self._stage("embed", lambda: self._embed_all(gathered))
         names, cents = self._stage("probes", self._probes)
@@ -540,7 +581,7 @@ class PolysemanticDetector:
         """The neurons in ``shards`` parts (round robin, so each part gets strong and weak ones); each part is
         prepared by its own worker, the null is computed once over every part's neurons, then each part finishes.
         A neuron's result does not depend on its company, so this equals one run."""
-        chosen = {site: self._neurons_for(site) for site in self.site_names}
+        chosen = self._stage("screen", lambda: {site: self._neurons_for(site) for site in self.site_names})
         groups = [{site: ns[k::self.shards] for site, ns in chosen.items()} for k in range(self.shards)]
         groups = [g for g in groups if any(g.values())]
         kwargs = {"embedder": self._embedder_spec, "probes": self._probes_arg, "config": self.config,

@@ -190,7 +190,7 @@ class AgentPolicy:
 
     def _narrative(self, task: str) -> str:
         d, s = self.detection, self.stats
-        parts = [f"Of the {d['n_analysed']} most active neurons analysed, {d['n_polysemantic']} are polysemantic "
+        parts = [f"Of the {d['n_analysed']} neurons analysed, {d['n_polysemantic']} are polysemantic "
                  f"[{d['finding_ids'][0]}]."]
         if d["neurons"]:
             top = d["neurons"][0]

@@ -27,14 +27,15 @@ def _neuron(fid: str, ref: str, verdict: str, score: float, p: float, modes: lis
                    neurons=[ref], verdict=verdict, quantities=quantities, labels=labels)
 
 
-def _findings(n_poly: int = 7, n_border: int = 3) -> list[Finding]:
+def _findings(n_poly: int = 7, n_border: int = 3, n_screened: int | None = None) -> list[Finding]:
+    screened = {} if n_screened is None else {"n_screened": n_screened}
     return [
         Finding(id="F001", kind="run", claim="Profiled.", artifact="profile/profile.json", source="profile_corpus",
                 quantities=quantities_of({"n_tokens": 20000, "n_docs": 512})),
         Finding(id="F002", kind="polysemantic_summary", claim="Summary.", artifact="t.parquet", source="d",
                 neurons=["L6/N1233", "L6/N87"], labels=[Label(name="site", text="L6", layer=6)],
-                quantities=quantities_of({"n_analysed": 64, "n_polysemantic": n_poly, "n_borderline": n_border},
-                                         layer=6)),
+                quantities=quantities_of({"n_analysed": 64, "n_polysemantic": n_poly, "n_borderline": n_border,
+                                          **screened}, layer=6)),
         _neuron("F003", "L6/N87", "detected", 0.7712, 0.01, [("weekdays", "51%", 0.51), ("chemistry", "29%", 0.29),
                                                               ("sports", "20%", 0.2)]),
         _neuron("F004", "L6/N1233", "detected", 0.8149, 0.00498, [("months", "55%", 0.55),
@@ -59,7 +60,7 @@ def test_the_narrative_reads_like_a_researchers_summary():
     text = scripted_narrative(TurnFacts(plan=_plan(), findings=_findings()))
     assert text.split("\n\n") == [
         "We profiled 20,000 tokens from 512 documents at layer 6 [F001]. "
-        "Of the 64 most active neurons analysed in layer 6, 7 are polysemantic and 3 borderline [F002]. "
+        "Of the 64 neurons analysed in layer 6, 7 are polysemantic and 3 borderline [F002]. "
         "The strongest case is L6/N1233 (score 0.81, p = 0.00498), whose 2 modes are “months” (55%) and "
         "“JSON keys” (40%) [F004].",
         "L6/N87 (score 0.77, p = 0.01) has 3 modes: “weekdays” (51%), “chemistry” (29%) and “sports” (20%) [F003]. "
@@ -72,11 +73,22 @@ def test_the_narrative_reads_like_a_researchers_summary():
     assert check_claims(text, _findings()).ok
 
 
+def test_the_screen_is_named_with_its_count():
+    """A detection whose neurons a screen picked says so, with both counts, and the claim check accepts it."""
+    findings = _findings(n_screened=1536)
+    text = scripted_narrative(TurnFacts(plan=_plan(), findings=findings))
+    assert ("Of the 64 neurons analysed in layer 6 (the most promising of its 1,536 by a quick screen), 7 are "
+            "polysemantic and 3 borderline [F002].") in text
+    assert check_claims(text, findings).ok
+    wrong = text.replace("1,536 by", "1,024 by")
+    assert not check_claims(wrong, findings).ok
+
+
 def test_counts_read_in_the_singular_and_plural():
     one = scripted_narrative(TurnFacts(plan=_plan(), findings=_findings(n_poly=1, n_border=1)))
-    assert "Of the 64 most active neurons analysed in layer 6, 1 is polysemantic and 1 borderline [F002]." in one
+    assert "Of the 64 neurons analysed in layer 6, 1 is polysemantic and 1 borderline [F002]." in one
     none = scripted_narrative(TurnFacts(plan=_plan(), findings=_findings(n_poly=0, n_border=0)))
-    assert "None of the 64 most active neurons analysed in layer 6 is polysemantic [F002]." in none
+    assert "None of the 64 neurons analysed in layer 6 is polysemantic [F002]." in none
     only_borderline = scripted_narrative(TurnFacts(plan=_plan(), findings=_findings(n_poly=0, n_border=2)))
     assert "layer 6, none is polysemantic and 2 are borderline [F002]." in only_borderline
     assert plural(1, "mode") == "1 mode" and plural(3, "mode") == "3 modes" and plural(1, "document") == "1 document"

@@ -158,6 +158,30 @@ def test_deep_view_is_opt_in_and_holds_the_analysed_sites(seed_record, smollm):
     assert plain.embedder.deep_layer is None and not plain.embedder.held
 
 
+def test_screen_keeps_the_best_quick_scores(seed_record, smollm):
+    """DetectorConfig.select: with max_neurons, "screen" analyses the neurons whose contexts, clustered, merged and
+    scored once, score highest (checked against every neuron scored with one subset: n_bags=1 scores all the
+    contexts once) and "peak" the highest maximum activations (checked against the record)."""
+    interface, site = ModelInterface(smollm), seed_record.site_names[1]
+    quiet = dict(n_null=0, probe_modes=False, ablation=False)
+    every = PolysemanticDetector(seed_record, interface=interface, sites=[site],
+                                 config=DetectorConfig(n_bags=1, **quiet))
+    quick = {r.neuron: r.score for r in every.results}
+    screened = PolysemanticDetector(seed_record, interface=interface, sites=[site],
+                                    config=DetectorConfig(max_neurons=12, **quiet))
+    chosen = {r.neuron for r in screened.results}
+    assert len(chosen) == 12 and screened.n_screened[site] == len(quick)
+    assert min(quick[n] for n in chosen) >= max(quick[n] for n in quick if n not in chosen)
+    assert min(quick[n] for n in chosen) > 0  # a small record still has more than 12 neurons with two modes
+    assert "screen" in screened.timings
+    peak = PolysemanticDetector(seed_record, interface=interface, sites=[site],
+                                config=DetectorConfig(max_neurons=12, select="peak", **quiet))
+    highest = seed_record[site].amax(0).argsort(descending=True)[:12]
+    assert {r.neuron for r in peak.results} == {int(n) for n in highest} and not peak.n_screened
+    with pytest.raises(InputError, match="select"):
+        PolysemanticDetector(seed_record, config=DetectorConfig(select="best"))  # type: ignore[arg-type]
+
+
 def test_bad_inputs(seed_record, tiny_gpt2):
     with pytest.raises(InputError):
         PolysemanticDetector("not a record")  # type: ignore[arg-type]

@@ -106,7 +106,8 @@ def _adopt(run: RunContext, plan: Plan, info: Any) -> None:
         kind="run", artifact="manifest.json", source="controller",
         claim=f"Plan: {plan.intent} {layer_phrase(plan.layers)} of {plan.model} ({info.n_layers} layers of "
               f"{info.d_mlp} neurons) on the {plan.corpus} corpus, up to {plan.max_tokens} tokens, the "
-              f"{plan.max_neurons} most active neurons of each layer analysed, the top {plan.top_n} reported.",
+              f"{plan.max_neurons} most promising neurons of each layer (by a quick screen of all) analysed, the top "
+              f"{plan.top_n} reported.",
         quantities=quantities_of({"n_layers": info.n_layers, "d_mlp": info.d_mlp or 0, "max_tokens": plan.max_tokens,
                                   "max_neurons": plan.max_neurons, "top_n": plan.top_n})
         + [Quantity(name="layer", value=layer, layer=layer) for layer in plan.layers],
