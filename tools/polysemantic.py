@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from neuron_core.errors import InputError
+from neuron_core.errors import InputError, NeuronCoreError
 from tools._base import StrictArgs, ToolContext, fence, register
 from tools.findings import FindingKind, FindingStore, Label, Quantity, Verdict, quantities_of
 from tools.neurons import parse_ref, site_label, site_layer
@@ -185,6 +185,35 @@ def detect_polysemantic(ctx: ToolContext, args: DetectArgs) -> Detection:
     return _detection(site, det, ids, finding_of, artifact, args.top_n)
 
 
+def _analysed_verdict(ctx: ToolContext, site: str, neuron: int) -> Any:
+    """The neuron's verdict from its layer's detection (in memory, else on disk), or None if it was not analysed."""
+    det = ctx.detectors.get(site)
+    if det is not None:
+        return next((v for v in det.results if v.site == site and v.neuron == neuron), None)
+    return next((v for v in load_detections(ctx).get(site, []) if v.neuron == neuron), None)
+
+
+def _analyse_alone(ctx: ToolContext, site: str, neuron: int, ref: str) -> Any:
+    """A neuron its layer's detection did not analyse (a screen picks ``max_neurons`` of the layer): the detector on
+    that neuron alone, with the layer detection's settings. Its p-value does not depend on the company."""
+    from dataclasses import replace
+
+    from neuron_core.analysis import DetectorConfig, PolysemanticDetector
+
+    try:
+        prof = ctx.require_profile()
+        prof.key(site)
+    except NeuronCoreError as err:  # no profile yet, or not of this layer
+        raise InputError(f"{ref} was not analysed and its layer is not profiled; run profile_corpus and "
+                         "detect_polysemantic on its layer first") from err
+    base = ctx.detectors.get(site)
+    config = (replace(base.config, max_neurons=None) if base is not None
+              else DetectorConfig(ablation=ctx.ablation, **({"n_null": ctx.n_null} if ctx.n_null else {})))
+    det = PolysemanticDetector(prof, interface=ctx.require_model(), embedder=ctx.embedder, config=config,
+                               sites=[site], neurons=[neuron], seed=ctx.seed)
+    return det.describe(site, neuron)
+
+
 def _write_scores(ctx: ToolContext, site: str, scores: Any) -> str:
     """tables/polysemantic.parquet with this site's rows replaced (other layers' rows kept)."""
     artifact = "tables/polysemantic.parquet"
@@ -246,21 +275,14 @@ class NeuronModes(BaseModel):
     headline: str
 
 
-@register("describe_neuron", "The modes of one analysed neuron: label, share, top tokens and example contexts "
-          "(corpus data between <data> markers).", DescribeArgs, NeuronModes)
+@register("describe_neuron", "The modes of one neuron: label, share, top tokens and example contexts (corpus data "
+          "between <data> markers); a neuron of a profiled layer that its detection did not analyse is analysed "
+          "alone.", DescribeArgs, NeuronModes)
 def describe_neuron(ctx: ToolContext, args: DescribeArgs) -> NeuronModes:
     site, neuron = parse_ref(ctx, args.neuron)
-    det = ctx.detectors.get(site)
-    verdict = None
-    if det is not None:
-        verdict = det.describe(site, neuron)
-    else:
-        for v in load_detections(ctx).get(site, []):
-            if v.neuron == neuron:
-                verdict = v
-        if verdict is None:
-            raise InputError(f"{args.neuron} was not analysed; run detect_polysemantic on its layer first "
-                             "(only the most active neurons are analysed)")
+    verdict = _analysed_verdict(ctx, site, neuron)
+    if verdict is None:
+        verdict = _analyse_alone(ctx, site, neuron, args.neuron)
     modes = [ModeView(label=fence(m.label, 80), share=round(m.share, 4), share_text=m.share_text,
                       n_examples=m.n_examples,
                       top_tokens=[fence(t, 40) for t in m.top_tokens[:8]], probe_concept=m.probe_concept,

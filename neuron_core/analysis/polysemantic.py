@@ -7,7 +7,10 @@ Usage::
         print(n.summary)                       # 'L6/N1234: 2 modes: animals (55%), months (45%); score 0.81, p=0.010'
     det.scores()                               # DataFrame over every analysed neuron
 
-Method, per neuron:
+Which neurons: every firing neuron of the sites, or with ``max_neurons`` the most promising of them by a screen
+(``select="screen"``: steps 1-4 once for every neuron, without subsets or null) or the highest peaks
+(``select="peak"``). Method, per neuron:
+
 1. contexts: the top band (top examples with value >= ``band`` x max) plus a uniform sample of the neuron's other
    strong tokens (the sample gives unbiased shares of activation mass);
 2. embed each token in its context: by default as the subject model reads it, before the neuron's layer, beside
@@ -622,7 +625,8 @@ class PolysemanticDetector:
         cfg = self.config
         gathered = [_Gathered(site, neuron, self._contexts(site, neuron)) for site in self.site_names
                     for neuron in self._neurons_for(site)]
-        if gathered and not any(len(g.contexts) >= cfg.min_contexts for g in gathered):
+        too_small = gathered and not any(len(g.contexts) >= cfg.min_contexts for g in gathered)
+        if too_small and self._neurons_arg is None:  # asked-for neurons with few contexts get one mode, no score
             most = max(len(g.contexts) for g in gathered)
             raise CorpusTooSmallError(
                 f"no neuron has {cfg.min_contexts} strong contexts (the most is {most}); capture more text "

@@ -182,6 +182,18 @@ def test_screen_keeps_the_best_quick_scores(seed_record, smollm):
         PolysemanticDetector(seed_record, config=DetectorConfig(select="best"))  # type: ignore[arg-type]
 
 
+def test_asked_for_neurons_with_too_few_contexts_get_one_mode(seed_record, smollm):
+    """Asked for by id, neurons with fewer than min_contexts strong contexts are reported (one mode, no score, not
+    detected); a detector choosing its own neurons says the corpus is too small instead."""
+    cfg = DetectorConfig(min_contexts=500, n_null=20, ablation=False, probe_modes=False)
+    site = seed_record.site_names[0]
+    det = PolysemanticDetector(seed_record, interface=ModelInterface(smollm), config=cfg, sites=[site], neurons=[3, 7])
+    assert [(r.neuron, r.n_modes, r.score, r.p_value, r.verdict) for r in sorted(det.results, key=lambda r: r.neuron)
+            ] == [(3, 1, 0.0, 1.0, "not detected"), (7, 1, 0.0, 1.0, "not detected")]
+    with pytest.raises(CorpusTooSmallError, match="strong contexts"):
+        PolysemanticDetector(seed_record, interface=ModelInterface(smollm), config=cfg, sites=[site]).run()
+
+
 def test_bad_inputs(seed_record, tiny_gpt2):
     with pytest.raises(InputError):
         PolysemanticDetector("not a record")  # type: ignore[arg-type]

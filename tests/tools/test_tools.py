@@ -4,10 +4,12 @@ and no write outside the run folder."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from neuron_core import ModelInterface
+from neuron_core.analysis import PolysemanticDetector
 from neuron_core.store import RunFolder
 from tests.conftest import make_tiny_gpt2
 from tools import TOOLS, ToolContext, call_tool
@@ -130,8 +132,22 @@ def test_detect_describe_figures_dashboard(tiny_ctx):
     desc = call_tool(tiny_ctx, "describe_neuron", {"neuron": ref})
     assert desc.ok and desc.result.neuron == ref and desc.result.modes
     assert all(x.startswith("<data>") for m in desc.result.modes for x in m.examples)
-    not_analysed = call_tool(tiny_ctx, "describe_neuron", {"neuron": "L0/N1"})
-    assert not not_analysed.ok
+    not_profiled = call_tool(tiny_ctx, "describe_neuron", {"neuron": "L0/N1"})
+    assert not not_profiled.ok and "not profiled" in not_profiled.error.message
+    # a neuron the screen did not pick is analysed alone, as the detector on that neuron alone analyses it, and the
+    # layer's detection stays as it was
+    site, layer_det = "blocks.1.mlp.hook_post", tiny_ctx.detectors["blocks.1.mlp.hook_post"]
+    assert layer_det.n_screened[site] > 12
+    peak = tiny_ctx.profile[site].max
+    other = next(n for n in peak.argsort(descending=True).tolist() if n not in {v.neuron for v in layer_det.results})
+    alone = call_tool(tiny_ctx, "describe_neuron", {"neuron": f"L1/N{other}"})
+    assert alone.ok, alone.error
+    expected = PolysemanticDetector(tiny_ctx.profile, interface=tiny_ctx.require_model(), embedder="hidden",
+                                    config=replace(layer_det.config, max_neurons=None), sites=[site],
+                                    neurons=[other]).describe(site, other)
+    assert (alone.result.score, alone.result.n_modes) == (round(expected.score, 4), expected.n_modes)
+    assert tiny_ctx.detectors[site] is layer_det and len(layer_det.results) == 12
+    assert tiny_ctx.findings.get(alone.result.finding_id).subject == f"L1/N{other}"
     for kind, extra in (("heatmap", {"layer": 1}), ("sparsity", {}), ("histogram", {"neuron": ref}),
                         ("token_activations", {"neuron": ref}), ("logit_effects", {})):
         fig = call_tool(tiny_ctx, "make_figure", {"kind": kind, **extra})
