@@ -83,8 +83,8 @@ class DetectorConfig:
     """Analyse at most this many neurons per site (chosen by ``select``); None: all."""
     select: Literal["screen", "peak"] = "screen"
     """Which ``max_neurons`` neurons get the full analysis. "screen": every firing neuron of the site is clustered,
-    merged and scored once (no subsets, no null; embedding every neuron's contexts is most of its cost: about 40-100
-    s for a SmolLM2 layer on 2 CPU cores) and the best go on. "peak": the highest maximum activations (only they are
+    merged and scored once (no subsets, no null; embedding every neuron's contexts is most of its cost: 1-4 minutes
+    for a SmolLM2 layer on 2 CPU cores) and the best go on. "peak": the highest maximum activations (only they are
     embedded). Those are mostly broad role and format neurons whose kinds split into modes ('-ly' adverbs | 'very';
     Unix paths | git commands): by blind labels, 10 of the 19 neurons a report of the 64 highest peaks led with on
     four SmolLM2 layers are one concept; with the screen none of 20 is, nor of 5 on a fifth layer
